@@ -1,0 +1,49 @@
+#pragma once
+// Per-element math of one SAMP step (samp.md), shared by csrc/cpu/samp_step.cpp and
+// csrc/cuda/samp_step.cu.
+#include <cmath>
+#include <limits>
+
+#include "macros.h"
+
+namespace saliency_fast {
+namespace samp {
+
+// MS: gbar = m·g + (1 − m)·gbar. m == 1 (no momentum, or the first step) is exactly g, so
+// an uninitialised gbar never leaks in.
+template <typename T>
+SF_HOST_DEVICE T momentum_update(T grad, T grad_avg, T momentum) {
+  return momentum == T(1) ? grad : momentum * grad + (T(1) - momentum) * grad_avg;
+}
+
+// Pixels are chosen by the smallest key: proj for deletion, −proj for insertion. NaN never
+// wins (it sorts last) and −0 becomes +0 so that radix ordering agrees with `==` on ties.
+template <typename T>
+SF_HOST_DEVICE T selection_key(T proj, bool insertion) {
+  T key = insertion ? -proj : proj;
+  if (key != key) return std::numeric_limits<T>::infinity();
+  if (key == T(0)) return T(0);
+  return key;
+}
+
+// A channel still has to move while |p − e| > atol + rtol·|e| (torch.isclose's rule).
+template <typename T>
+SF_HOST_DEVICE bool channel_active(T point, T end, T atol, T rtol) {
+  T gap = point - end;
+  return (gap < T(0) ? -gap : gap) > atol + rtol * (end < T(0) ? -end : end);
+}
+
+// IC: a step whose L1 size exceeds the bound is shrunk to the bound. bound = +inf: no IC.
+template <typename T>
+SF_HOST_DEVICE T step_scale(T step_l1, T bound) {
+  return step_l1 > bound ? bound / step_l1 : T(1);
+}
+
+// A full move lands exactly on the end value; a partial move goes scale of the way.
+template <typename T>
+SF_HOST_DEVICE T move_towards(T point, T end, T scale) {
+  return scale == T(1) ? end : point + scale * (end - point);
+}
+
+}  // namespace samp
+}  // namespace saliency_fast

@@ -1,0 +1,15 @@
+"""saliency_fast: faithful, fast saliency maps for PyTorch.
+
+SAMP/SAMP++ path attribution with a native step op, the common baselines, the evaluation
+metrics of the papers, and explanation-improving training (SCAAT, RES) — see README.md.
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from ._native import build_info, native_available
+from . import ops, references
+from .methods import *  # noqa: F401,F403
+from .methods import __all__ as _methods_all
+
+__all__ = ["build_info", "native_available", "ops", "references", *_methods_all]

@@ -1,0 +1,33 @@
+"""The base of every attribution method: a model wrapped Captum-style, ``attribute()`` → maps."""
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import Tensor, nn
+
+from .._common import Target, attribution_mode, check_images, check_model_device, resolve_target
+
+
+class AttributionMethod:
+    """Wraps a classifier that maps (B, C, H, W) inputs to (B, classes) logits.
+
+    Subclasses implement ``_attribute(inputs, target)`` on validated inputs and a resolved
+    (B,) int64 target; this class validates, resolves the target (default: the predicted
+    class) and runs the model in attribution mode (eval, frozen parameters, both restored).
+    """
+
+    def __init__(self, model: nn.Module | Callable[[Tensor], Tensor]):
+        if not callable(model):
+            raise TypeError(f"model must be a callable nn.Module, got {type(model).__name__}")
+        self.model = model
+
+    def attribute(self, inputs: Tensor, target: Target = None, **kwargs) -> Tensor:
+        check_images(inputs)
+        if isinstance(self.model, nn.Module):
+            check_model_device(self.model, inputs)
+            with attribution_mode(self.model):
+                return self._attribute(inputs, resolve_target(self.model, inputs, target), **kwargs)
+        return self._attribute(inputs, resolve_target(self.model, inputs, target), **kwargs)
+
+    def _attribute(self, inputs: Tensor, target: Tensor, **kwargs) -> Tensor:  # pragma: no cover
+        raise NotImplementedError
