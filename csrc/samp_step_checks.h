@@ -6,7 +6,7 @@ namespace saliency_fast {
 // Validates the samp_step arguments; identical for every backend.
 inline void check_samp_step(const at::Tensor& point, const at::Tensor& end, const at::Tensor& grad,
                             const at::Tensor& grad_avg, const at::Tensor& attribution,
-                            const at::Tensor& active, const at::Tensor& active_count,
+                            const at::Tensor& active, const at::Tensor& active_count, const at::Tensor& step_count,
                             const at::Tensor& rows, const at::Tensor& bound, int64_t k) {
   TORCH_CHECK(point.dim() == 4, "point must have shape (B, C, H, W), got ", point.sizes());
   TORCH_CHECK(point.scalar_type() == at::kFloat || point.scalar_type() == at::kDouble,
@@ -21,6 +21,7 @@ inline void check_samp_step(const at::Tensor& point, const at::Tensor& end, cons
   check_tensor(attribution, "attribution", device, dtype);
   check_tensor(active, "active", device, at::kBool);
   check_tensor(active_count, "active_count", device, at::kLong);
+  check_tensor(step_count, "step_count", device, at::kLong);
   check_tensor(rows, "rows", device, at::kLong);
   check_tensor(bound, "bound", device, dtype);
   const int64_t B = point.size(0), C = point.size(1), H = point.size(2), W = point.size(3);
@@ -37,6 +38,7 @@ inline void check_samp_step(const at::Tensor& point, const at::Tensor& end, cons
               "attribution must have shape (B, H, W)");
   TORCH_CHECK(active.sizes() == attribution.sizes(), "active must have shape (B, H, W)");
   TORCH_CHECK(active_count.dim() == 1 && active_count.size(0) == B, "active_count must have shape (B,)");
+  TORCH_CHECK(step_count.dim() == 1 && step_count.size(0) == B, "step_count must have shape (B,)");
   TORCH_CHECK(bound.dim() == 1 && bound.size(0) == B, "bound must have shape (B,)");
 }
 

@@ -21,6 +21,7 @@ struct StepArgs {
   T* attribution;
   bool* active;
   int64_t* active_count;
+  int64_t* step_count;
   const T* bound;
   int64_t channels, pixels, k;
   T momentum, atol, rtol;
@@ -56,6 +57,7 @@ void step_one_image(const StepArgs<T>& a, int64_t image, int64_t row, std::vecto
     a.active_count[image] = 0;
     return;
   }
+  a.step_count[image] += 1;
 
   // 2. the k-th smallest key v among active pixels, then the chosen set.
   const int64_t k = std::min(a.k, n_active);
@@ -99,10 +101,11 @@ void step_one_image(const StepArgs<T>& a, int64_t image, int64_t row, std::vecto
 
 void samp_step_cpu(at::Tensor point, const at::Tensor& end, const at::Tensor& grad,
                    at::Tensor grad_avg, at::Tensor attribution, at::Tensor active,
-                   at::Tensor active_count, const at::Tensor& rows, const at::Tensor& bound,
+                   at::Tensor active_count, at::Tensor step_count, const at::Tensor& rows, const at::Tensor& bound,
                    int64_t k, double momentum, bool insertion, bool exact_ties, double atol,
                    double rtol) {
-  check_samp_step(point, end, grad, grad_avg, attribution, active, active_count, rows, bound, k);
+  check_samp_step(point, end, grad, grad_avg, attribution, active, active_count, step_count, rows,
+                  bound, k);
   const int64_t B = point.size(0), n_rows = rows.size(0);
   const int64_t* row_images = rows.data_ptr<int64_t>();
   for (int64_t r = 0; r < n_rows; ++r) {
@@ -113,7 +116,8 @@ void samp_step_cpu(at::Tensor point, const at::Tensor& end, const at::Tensor& gr
     const StepArgs<scalar_t> args{point.data_ptr<scalar_t>(), end.data_ptr<scalar_t>(),
                                   grad.data_ptr<scalar_t>(), grad_avg.data_ptr<scalar_t>(),
                                   attribution.data_ptr<scalar_t>(), active.data_ptr<bool>(),
-                                  active_count.data_ptr<int64_t>(), bound.data_ptr<scalar_t>(),
+                                  active_count.data_ptr<int64_t>(),
+                                  step_count.data_ptr<int64_t>(), bound.data_ptr<scalar_t>(),
                                   point.size(1), point.size(2) * point.size(3), k,
                                   static_cast<scalar_t>(momentum), static_cast<scalar_t>(atol),
                                   static_cast<scalar_t>(rtol), insertion, exact_ties};

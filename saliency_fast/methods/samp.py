@@ -1,0 +1,285 @@
+"""SAMP and SAMP++ (Zhang et al., ICLR 2024): attribution along the Salient Manipulation Path.
+
+The algorithm is specified in shared/specs/samp.md. Each step is one forward + backward of
+the model (images that have converged leave the batch) followed by one native ``samp_step``
+op that does everything else: momentum, projection, k-th selection, IC scaling and the
+in-place update of the path state.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .. import ops
+from .._common import (
+    Target,
+    attribution_mode,
+    check_images,
+    check_model_device,
+    check_score,
+    input_gradient,
+    minmax_normalize,
+    resolve_target,
+    score_outputs,
+)
+from .._reference import pixels_active
+from ..references import SMALL_IMAGE_SIDE, Reference, make_reference
+from ._base import AttributionMethod
+
+PATHS = ("deletion", "insertion")
+TIES = ("include", "exact")
+REDUCTIONS = ("sum", "norm")
+
+
+@dataclass
+class PathResult:
+    """One manipulation path. ``attribution`` is signed so that it sums to about
+    f_c(x) − f_c(reference) (completeness); ``steps`` counts each image's steps."""
+
+    attribution: Tensor  # (B, H, W)
+    steps: Tensor  # (B,) int64
+    model_calls: int  # forward+backward calls (batched); equals max(steps) on CPU
+    reference: Tensor  # (B, C, H, W)
+    input_score: Tensor  # (B,) f_c(x)
+    reference_score: Tensor  # (B,) f_c(reference)
+
+    @property
+    def completeness_error(self) -> Tensor:
+        """|Σ A − (f_c(x) − f_c(r))| / |f_c(x) − f_c(r)| per image."""
+        expected = self.input_score - self.reference_score
+        return (self.attribution.flatten(1).sum(1) - expected).abs() / expected.abs()
+
+
+@dataclass
+class SAMPResult:
+    attribution: Tensor  # (B, H, W) the final map (reduced, normalised as configured)
+    raw: Tensor  # (B, H, W) the reduced map before the final min–max
+    paths: dict  # name → PathResult
+    target: Tensor  # (B,) the explained class
+
+    @property
+    def model_calls(self) -> int:
+        return sum(path.model_calls for path in self.paths.values())
+
+
+class _HostCounts:
+    """The host's view of each image's active-pixel count, used to drop converged images.
+
+    On CPU it is the count tensor itself (no copy). On CUDA it is a pinned copy taken without
+    blocking and read one step later, so the loop never waits for the device; an image that
+    has just converged costs at most two extra (no-op) batched model calls.
+    """
+
+    def __init__(self, count: Tensor):
+        self.count = count
+        self.on_cpu = count.device.type == "cpu"
+        if not self.on_cpu:
+            self.buffers = [torch.empty_like(count, device="cpu").pin_memory() for _ in range(2)]
+            self.events = [torch.cuda.Event(), torch.cuda.Event()]
+            self.latest = None
+            self.snapshot()
+            self.snapshot()
+
+    def snapshot(self) -> None:
+        """Start copying the current counts to the host (no-op on CPU)."""
+        if self.on_cpu:
+            return
+        slot = 0 if self.latest is None else 1 - self.latest
+        self.buffers[slot].copy_(self.count, non_blocking=True)
+        self.events[slot].record()
+        self.latest = slot
+
+    def live(self) -> np.ndarray:
+        """Indices of images that may still have pixels to move."""
+        if self.on_cpu:
+            return np.flatnonzero(self.count.numpy())
+        older = 1 - self.latest  # taken a step ago: normally finished already
+        self.events[older].synchronize()
+        return np.flatnonzero(self.buffers[older].numpy())
+
+
+class SAMP(AttributionMethod):
+    """Salient Manipulation Path attribution; ``SAMP.plus(model)`` is SAMP++ (IC + momentum).
+
+    Args (samp.md): ``pixels_per_step`` s (int, or a fraction of H·W; default 10 for images up
+    to 64×64, else 16·W), ``n_frag`` (IC: each step's L1 ≤ D / n_frag; None = off),
+    ``momentum`` (weight of the new gradient; None = off), ``paths``, the two references
+    ("zeros", "blur" or tensors), ``score`` ("logit", "probability", "log_probability"),
+    ``reduction`` ("sum" or "norm"), ``normalize`` (final per-image min–max), ``ties``
+    ("include" or "exact"), ``max_steps`` (per path; exceeding it raises).
+    """
+
+    def __init__(
+        self,
+        model: Union[nn.Module, Callable[[Tensor], Tensor]],
+        pixels_per_step: Union[int, float, None] = None,
+        n_frag: Optional[int] = None,
+        momentum: Optional[float] = None,
+        paths: Sequence[str] = PATHS,
+        deletion_reference: Reference = "zeros",
+        insertion_reference: Reference = "blur",
+        blur_kernel: Optional[int] = None,
+        blur_sigma: float = 5.0,
+        score: str = "logit",
+        reduction: str = "sum",
+        normalize: bool = True,
+        ties: str = "include",
+        max_steps: Optional[int] = None,
+    ):
+        super().__init__(model)
+        self.pixels_per_step = _check_pixels_per_step(pixels_per_step)
+        if n_frag is not None and (isinstance(n_frag, bool) or not isinstance(n_frag, int) or n_frag < 1):
+            raise ValueError(f"n_frag must be a positive int or None, got {n_frag!r}")
+        if momentum is not None and not 0.0 < momentum <= 1.0:
+            raise ValueError(f"momentum must be in (0, 1] (the weight of the new gradient) or None, got {momentum!r}")
+        paths = (paths,) if isinstance(paths, str) else tuple(paths)
+        if not paths or any(path not in PATHS for path in paths) or len(set(paths)) != len(paths):
+            raise ValueError(f"paths must be a non-empty subset of {PATHS}, got {paths!r}")
+        if ties not in TIES:
+            raise ValueError(f"ties must be one of {TIES}, got {ties!r}")
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        if max_steps is not None and (not isinstance(max_steps, int) or max_steps < 1):
+            raise ValueError(f"max_steps must be a positive int or None, got {max_steps!r}")
+        self.n_frag = n_frag
+        self.momentum = momentum
+        self.paths = paths
+        self.references = {"deletion": deletion_reference, "insertion": insertion_reference}
+        self.blur_kernel = blur_kernel
+        self.blur_sigma = blur_sigma
+        self.score = check_score(score)
+        self.reduction = reduction
+        self.normalize = normalize
+        self.ties = ties
+        self.max_steps = max_steps
+
+    @classmethod
+    def plus(cls, model, **overrides) -> "SAMP":
+        """SAMP++ = SAMP + IC (n_frag = 50) + MS (momentum = 0.5)."""
+        return cls(model, **{"n_frag": 50, "momentum": 0.5, **overrides})
+
+    # -- public API ---------------------------------------------------------------------
+    def attribute(self, inputs: Tensor, target: Target = None) -> Tensor:
+        """(B, H, W) SAMP maps (positive = supports the target class)."""
+        return self.attribute_paths(inputs, target).attribution
+
+    def attribute_paths(self, inputs: Tensor, target: Target = None) -> SAMPResult:
+        """The map plus the raw per-path maps, steps, model calls and path-end scores."""
+        check_images(inputs)
+        if inputs.dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"inputs must be float32 or float64 for SAMP, got {inputs.dtype}")
+        model = self.model
+        if isinstance(model, nn.Module):
+            check_model_device(model, inputs)
+            with attribution_mode(model):
+                return self._attribute_paths(inputs, target)
+        return self._attribute_paths(inputs, target)
+
+    # -- internals ----------------------------------------------------------------------
+    def _attribute_paths(self, inputs: Tensor, target: Target) -> SAMPResult:
+        target = resolve_target(self.model, inputs, target)
+        inputs = inputs.detach().contiguous()
+        results = {}
+        for name in self.paths:
+            reference = make_reference(
+                self.references[name], inputs, f"{name}_reference", self.blur_kernel, self.blur_sigma
+            )
+            results[name] = self._run_path(inputs, reference, target, insertion=name == "insertion")
+        maps = [results[name].attribution for name in self.paths]
+        if self.reduction == "norm":
+            maps = [minmax_normalize(m) for m in maps]
+        raw = torch.stack(maps).sum(0)
+        final = minmax_normalize(raw) if self.normalize else raw
+        return SAMPResult(attribution=final, raw=raw, paths=results, target=target)
+
+    def _run_path(self, inputs: Tensor, reference: Tensor, target: Tensor, insertion: bool) -> PathResult:
+        start, end = (reference, inputs) if insertion else (inputs, reference)
+        state = _PathState(start, end, self.n_frag)
+        k = resolve_pixels_per_step(self.pixels_per_step, inputs.shape[-2], inputs.shape[-1])
+        max_steps = self.max_steps or default_max_steps(inputs.shape[-2] * inputs.shape[-1], k, self.n_frag)
+        counts = _HostCounts(state.active_count)
+        rows, batch_target, live_key = None, None, None
+        calls = 0
+        momentum = 1.0  # the first step uses the gradient itself
+        while True:
+            live = counts.live()
+            if live.size == 0:
+                break
+            if calls >= max_steps:
+                raise RuntimeError(
+                    f"SAMP exceeded max_steps={max_steps} on the {'insertion' if insertion else 'deletion'} "
+                    f"path with {live.size} image(s) unfinished; raise max_steps or pixels_per_step"
+                )
+            if live_key is None or live.size != live_key:  # the live set only ever shrinks
+                rows = torch.from_numpy(live).to(inputs.device)
+                batch_target = target.index_select(0, rows)
+                live_key = live.size
+            point = state.point if live.size == inputs.shape[0] else state.point.index_select(0, rows)
+            grad, _ = input_gradient(self.model, point, batch_target, self.score)
+            state.step(grad, rows, k, momentum, insertion, self.ties == "exact")
+            counts.snapshot()
+            calls += 1
+            momentum = 1.0 if self.momentum is None else self.momentum
+        sign = 1.0 if insertion else -1.0
+        with torch.no_grad():
+            scores = score_outputs(self.model(torch.cat([inputs, reference])), target.repeat(2), self.score)
+        input_score, reference_score = scores.chunk(2)
+        return PathResult(
+            attribution=sign * state.attribution,
+            steps=state.step_count,
+            model_calls=calls,
+            reference=reference,
+            input_score=input_score,
+            reference_score=reference_score,
+        )
+
+
+class _PathState:
+    """The tensors one path updates in place, step after step."""
+
+    def __init__(self, start: Tensor, end: Tensor, n_frag: Optional[int]):
+        batch, _, height, width = start.shape
+        self.point = start.clone().contiguous()
+        self.end = end.contiguous()
+        self.grad_avg = torch.zeros_like(self.point)
+        self.attribution = start.new_zeros(batch, height, width)
+        self.active = pixels_active(self.point, self.end).contiguous()
+        self.active_count = self.active.flatten(1).sum(1)
+        self.step_count = torch.zeros(batch, dtype=torch.long, device=start.device)
+        distance = (self.point - self.end).abs().flatten(1).sum(1)
+        self.bound = distance / n_frag if n_frag else torch.full_like(distance, math.inf)
+
+    def step(self, grad: Tensor, rows: Tensor, k: int, momentum: float, insertion: bool, exact_ties: bool) -> None:
+        ops.samp_step(
+            self.point, self.end, grad.contiguous(), self.grad_avg, self.attribution, self.active,
+            self.active_count, self.step_count, rows, self.bound, k, momentum, insertion, exact_ties,
+        )
+
+
+def _check_pixels_per_step(value):
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"pixels_per_step must be an int, a fraction in (0, 1) or None, got {value!r}")
+    if isinstance(value, int) and value < 1 or isinstance(value, float) and not 0.0 < value < 1.0:
+        raise ValueError(f"pixels_per_step must be an int >= 1 or a fraction in (0, 1), got {value!r}")
+    return value
+
+
+def resolve_pixels_per_step(value, height: int, width: int) -> int:
+    """s: 10 for images up to 64×64, 16·W for larger ones (3584 at 224×224); a float is a fraction of H·W."""
+    if value is None:
+        return 10 if max(height, width) <= SMALL_IMAGE_SIDE else 16 * width
+    if isinstance(value, float):
+        return max(1, round(value * height * width))
+    return value
+
+
+def default_max_steps(pixels: int, k: int, n_frag: Optional[int]) -> int:
+    """Generous: full moves need at most ceil(H·W/s) steps and IC adds at most n_frag partial ones."""
+    return 4 * (math.ceil(pixels / k) + (n_frag or 0)) + 16
