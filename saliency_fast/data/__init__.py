@@ -1,0 +1,11 @@
+"""Data shipped inside the package (nothing is downloaded at run time).
+
+- :func:`load_digits` / :func:`digits_loaders`: scikit-learn's bundled handwritten digits
+  (1,797 real 8×8 images) embedded in the package, upsampled to 32×32, with a fixed stratified
+  train/test split.
+"""
+from __future__ import annotations
+
+from .digits import digits_loaders, load_digits
+
+__all__ = ["load_digits", "digits_loaders"]
