@@ -1,0 +1,51 @@
+#pragma once
+// Per-element rule of the perturbation_curve op, shared by the CPU and CUDA kernels.
+//
+// A deletion/insertion curve point replaces the `count` highest-ranked pixels of the start
+// image with the finish image. A pixel's rank is its position in the descending (stable)
+// order of the attribution, so "already replaced" is one comparison: rank < count.
+#include <cstdint>
+
+#include <ATen/ATen.h>
+#include "macros.h"
+
+namespace saliency_fast {
+namespace curve {
+
+template <typename T>
+SF_HOST_DEVICE T curve_value(T start, T finish, int64_t rank, int64_t count) {
+  return rank < count ? finish : start;
+}
+
+}  // namespace curve
+
+inline void check_curve_tensor(const at::Tensor& t, const char* name, const at::Tensor& start,
+                               at::ScalarType dtype) {
+  TORCH_CHECK(t.device() == start.device(), name, " is on ", t.device(), " but start is on ",
+              start.device());
+  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
+  TORCH_CHECK(t.scalar_type() == dtype, name, " must have dtype ", dtype, ", got ",
+              t.scalar_type());
+}
+
+// Validates the perturbation_curve arguments; identical for every backend.
+inline void check_perturbation_curve(const at::Tensor& start, const at::Tensor& finish,
+                                     const at::Tensor& ranks, const at::Tensor& counts) {
+  TORCH_CHECK(start.dim() == 4, "start must have shape (B, C, H, W), got ", start.sizes());
+  TORCH_CHECK(at::isFloatingType(start.scalar_type()),
+              "start must be a floating tensor, got ", start.scalar_type());
+  check_curve_tensor(start, "start", start, start.scalar_type());
+  check_curve_tensor(finish, "finish", start, start.scalar_type());
+  check_curve_tensor(ranks, "ranks", start, at::kLong);
+  check_curve_tensor(counts, "counts", start, at::kLong);
+  TORCH_CHECK(finish.sizes() == start.sizes(), "finish must have the start's shape ",
+              start.sizes(), ", got ", finish.sizes());
+  TORCH_CHECK(ranks.dim() == 3 && ranks.size(0) == start.size(0) &&
+                  ranks.size(1) == start.size(2) && ranks.size(2) == start.size(3),
+              "ranks must have shape (B, H, W) = (", start.size(0), ", ", start.size(2), ", ",
+              start.size(3), "), got ", ranks.sizes());
+  TORCH_CHECK(counts.dim() == 1, "counts must be a 1-D tensor of step sizes, got shape ",
+              counts.sizes());
+}
+
+}  // namespace saliency_fast
