@@ -1,0 +1,89 @@
+#pragma once
+// Per-element rules of the masked_perturb and masked_random_fill ops (scaat.md), shared by
+// csrc/cpu/masked_perturb.cpp and csrc/cuda/masked_perturb.cu, and the argument checks.
+#include <cstdint>
+
+#include <ATen/ATen.h>
+#include "macros.h"
+
+namespace saliency_fast {
+namespace perturb {
+
+// sign(g) with sign(0) = 0 and sign(NaN) = 0: a NaN gradient leaves the pixel where it is.
+template <typename T>
+SF_HOST_DEVICE T sign_of(T g) {
+  return g > T(0) ? T(1) : (g < T(0) ? T(-1) : T(0));
+}
+
+template <typename T>
+SF_HOST_DEVICE T clamp_to(T v, T low, T high) {
+  return v < low ? low : (v > high ? high : v);
+}
+
+// One PGD step of one element: δ ← clamp(δ + (α/ε)·e·sign(g), −e, e), then x + δ is clamped
+// into [low, high] and δ = clamp(x + δ) − x. `ratio` = α/ε (0 when ε = 0).
+template <typename T>
+SF_HOST_DEVICE T pgd_update(T x, T delta, T grad, T budget, T ratio, T low, T high) {
+  const T stepped = delta + (ratio * budget) * sign_of(grad);
+  const T boxed = clamp_to(stepped, -budget, budget);
+  return clamp_to(x + boxed, low, high) - x;
+}
+
+// Saliency Guided Training's fill: a masked element becomes low + u·(high − low), u ∈ [0, 1),
+// with low/high the image's minimum and maximum.
+template <typename T>
+SF_HOST_DEVICE T random_fill(T x, bool masked, T noise, T low, T high) {
+  return masked ? low + noise * (high - low) : x;
+}
+
+}  // namespace perturb
+
+inline void check_like_x(const at::Tensor& t, const char* name, const at::Tensor& x,
+                         at::ScalarType dtype) {
+  TORCH_CHECK(t.device() == x.device(), name, " is on ", t.device(), " but x is on ", x.device());
+  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
+  TORCH_CHECK(t.scalar_type() == dtype, name, " must have dtype ", dtype, ", got ",
+              t.scalar_type());
+}
+
+inline void check_masked_perturb(const at::Tensor& x, const at::Tensor& delta,
+                                 const at::Tensor& grad, const at::Tensor& budget, double step_size,
+                                 double epsilon, double low, double high) {
+  TORCH_CHECK(x.dim() == 4, "x must have shape (B, C, H, W), got ", x.sizes());
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+              "x must be float32 or float64, got ", x.scalar_type());
+  check_like_x(x, "x", x, x.scalar_type());
+  check_like_x(delta, "delta", x, x.scalar_type());
+  check_like_x(grad, "grad", x, x.scalar_type());
+  check_like_x(budget, "budget", x, x.scalar_type());
+  TORCH_CHECK(delta.sizes() == x.sizes(), "delta must have the shape of x ", x.sizes(), ", got ",
+              delta.sizes());
+  TORCH_CHECK(grad.sizes() == x.sizes(), "grad must have the shape of x ", x.sizes(), ", got ",
+              grad.sizes());
+  TORCH_CHECK(budget.dim() == 3 && budget.size(0) == x.size(0) && budget.size(1) == x.size(2) &&
+                  budget.size(2) == x.size(3),
+              "budget must have shape (B, H, W) = (", x.size(0), ", ", x.size(2), ", ", x.size(3),
+              "), got ", budget.sizes());
+  TORCH_CHECK(step_size >= 0, "step_size must be >= 0, got ", step_size);
+  TORCH_CHECK(epsilon >= 0, "epsilon must be >= 0, got ", epsilon);
+  TORCH_CHECK(low <= high, "low must be <= high, got low = ", low, ", high = ", high);
+}
+
+inline void check_masked_random_fill(const at::Tensor& x, const at::Tensor& mask,
+                                     const at::Tensor& noise) {
+  TORCH_CHECK(x.dim() == 4, "x must have shape (B, C, H, W), got ", x.sizes());
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+              "x must be float32 or float64, got ", x.scalar_type());
+  check_like_x(x, "x", x, x.scalar_type());
+  check_like_x(mask, "mask", x, at::kBool);
+  check_like_x(noise, "noise", x, x.scalar_type());
+  TORCH_CHECK(x.numel() > 0 || x.size(0) == 0, "x must not have empty images");
+  TORCH_CHECK(mask.dim() == 3 && mask.size(0) == x.size(0) && mask.size(1) == x.size(2) &&
+                  mask.size(2) == x.size(3),
+              "mask must have shape (B, H, W) = (", x.size(0), ", ", x.size(2), ", ", x.size(3),
+              "), got ", mask.sizes());
+  TORCH_CHECK(noise.sizes() == x.sizes(), "noise must have the shape of x ", x.sizes(), ", got ",
+              noise.sizes());
+}
+
+}  // namespace saliency_fast
