@@ -208,7 +208,7 @@ def test_perturb_and_fill_bad_inputs():
     with pytest.raises(RuntimeError, match="mask must have dtype"):
         torch.ops.saliency_fast.masked_random_fill(x, torch.zeros(3, 5, 4), torch.rand_like(x))
     with pytest.raises(RuntimeError, match="noise must have the shape"):
-        torch.ops.saliency_fast.masked_random_fill(x, torch.zeros(3, 5, 4, dtype=torch.bool), torch.rand(3, 5, 4))
+        torch.ops.saliency_fast.masked_random_fill(x, torch.zeros(3, 5, 4, dtype=torch.bool), torch.rand(3, 5, 4, dtype=torch.float64))
 
 
 def test_reference_fallback_agrees_with_native_wrapper(monkeypatch):
