@@ -12,8 +12,8 @@ TORCH_LIBRARY(saliency_fast, m) {
       "samp_step(Tensor(a!) point, Tensor end, Tensor grad, Tensor(b!) grad_avg, "
       "Tensor(c!) attribution, Tensor(d!) active, Tensor(e!) active_count, Tensor(f!) step_count, "
       "Tensor rows, "
-      "Tensor bound, int k, float momentum, bool insertion, bool exact_ties, float atol, "
-      "float rtol) -> ()");
+      "Tensor bound, int k, float momentum=1.0, bool insertion=False, bool exact_ties=False, "
+      "float atol=1e-08, float rtol=1e-05) -> ()");
   // The perturbed images of many deletion/insertion curve points in one pass:
   // out[b, s, c, p] = finish[b, c, p] if ranks[b, p] < counts[s] else start[b, c, p].
   m.def("perturbation_curve(Tensor start, Tensor finish, Tensor ranks, Tensor counts) -> Tensor");
