@@ -16,7 +16,7 @@ from torch import nn
 
 import saliency_fast as sf
 from saliency_fast.methods.gradcam import gradcam_maps
-from saliency_fast.methods.gradients import IG_METHODS, quadrature
+from saliency_fast.methods.gradients import DEFAULT_ELEMENTS_PER_PASS, IG_METHODS, quadrature, repeats_per_pass
 
 RTOL = 1e-6
 BATCH, CHANNELS, HEIGHT, WIDTH, CLASSES = 3, 3, 8, 10, 5
@@ -247,6 +247,16 @@ def test_ig_independent_of_internal_batch_size(model, inputs, target):
     ]
     for result in results[1:]:
         torch.testing.assert_close(result, results[0], rtol=1e-12, atol=1e-15)
+
+
+def test_passes_are_bounded_and_evenly_filled():
+    image = torch.zeros(2, 3, 224, 224)
+    steps = repeats_per_pass(None, image, 200)
+    assert 2 * steps * image[0].numel() <= DEFAULT_ELEMENTS_PER_PASS  # independent of n_steps
+    assert repeats_per_pass(None, image, 2000) == steps
+    assert repeats_per_pass(9, torch.zeros(2, 1, 4, 4), 10) == 4  # ≤ 4 steps per pass → 3 passes of 4, 4, 2 → 4
+    assert repeats_per_pass(7, torch.zeros(2, 1, 4, 4), 10) == 3  # ≤ 3 → 4 passes → ceil(10 / 4) = 3
+    assert repeats_per_pass(1, torch.zeros(2, 1, 4, 4), 10) == 1  # fewer images than the batch: one step
 
 
 # ---------------------------------------------------------------- SmoothGrad

@@ -26,11 +26,10 @@ IG_METHODS = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapez
 SMOOTHGRAD_BASES = ("saliency", "input_x_gradient")
 
 # With no explicit batch size, one forward/backward pass holds at most this many input
-# elements (2^23: about 55 images of 3×224×224, thousands of 8×8 digits) and at least the
-# whole input batch. Activation memory of a conv net grows with the input size, so this
+# elements (2^22: 27 images of 3×224×224, 4096 of 1×32×32) and at least the whole input batch. Activation memory of a conv net grows with the input size, so this
 # bounds peak memory independently of n_steps / n_samples while keeping passes large enough
 # to fill the device.
-DEFAULT_ELEMENTS_PER_PASS = 1 << 23
+DEFAULT_ELEMENTS_PER_PASS = 1 << 22
 
 
 def _check_positive_int(value, name: str, minimum: int = 1) -> int:
@@ -52,7 +51,9 @@ def repeats_per_pass(requested_images: Optional[int], inputs: Tensor, total_repe
     batch = inputs.shape[0]
     if requested_images is None:
         requested_images = max(batch, DEFAULT_ELEMENTS_PER_PASS // max(1, inputs[0].numel()))
-    return max(1, min(total_repeats, requested_images // batch))
+    largest = max(1, min(total_repeats, requested_images // batch))
+    passes = -(-total_repeats // largest)
+    return -(-total_repeats // passes)  # the same number of passes, evenly filled (no tiny last pass)
 
 
 def quadrature(method: str, n_steps: int) -> tuple[np.ndarray, np.ndarray]:
@@ -123,7 +124,9 @@ class IntegratedGradients(AttributionMethod):
         baseline: "zeros", "blur" (the SAMP blur of each input, see ``references``) or a
             tensor broadcastable to the inputs.
         n_steps: number of gradient evaluations along the path.
-        method: one of ``IG_METHODS`` (Captum's names; default Gauss–Legendre as in Captum).
+        method: one of ``IG_METHODS`` (Captum's names and nodes; default Gauss–Legendre as in
+            Captum). Like Captum's, "riemann_trapezoid" takes steps of 1/n with halved end
+            weights, so its weights sum to 1 − 1/n and its attributions fall short by that factor.
         internal_batch_size: images per forward/backward pass (Captum's meaning). Steps are
             streamed through one reused buffer, so peak memory depends on this, not on
             n_steps. Default: ``DEFAULT_ELEMENTS_PER_PASS`` input elements per pass.
