@@ -163,7 +163,7 @@ class _Trainer:
         return {
             "format": ckpt.FORMAT_VERSION,
             "epoch": epochs_done,
-            "method_name": type(self.method).__name__,
+            "method_name": self.method.name,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
@@ -179,8 +179,8 @@ class _Trainer:
         if path is None or not path.exists():
             return 0
         state = ckpt.load_checkpoint(path, map_location=self.device)
-        if state["method_name"] != type(self.method).__name__:
-            raise ValueError(f"{path} was written by {state['method_name']}, not {type(self.method).__name__}; "
+        if state["method_name"] != self.method.name:
+            raise ValueError(f"{path} was written by method {state['method_name']!r}, not {self.method.name!r}; "
                              "pass resume=False or another checkpoint_dir")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -239,7 +239,9 @@ class _Trainer:
                 sums["correct"] += (output.logits.detach().argmax(dim=1) == batch[1]).sum()
                 sums["scored"] += size
             for name, value in output.terms.items():
-                sums[f"term:{name}"] += torch.as_tensor(value, device=self.device).detach().double() * size
+                value = (value.detach().double() if isinstance(value, Tensor)
+                         else torch.tensor(float(value), dtype=torch.float64, device=self.device))
+                sums[f"term:{name}"] += value * size
             if batches is not self.loader and batch_index % 10 == 0:
                 batches.set_postfix(loss=f"{float(loss):.4f}")
         names = sorted(sums)
