@@ -26,3 +26,16 @@ __all__ = [
     "Plain", "SaliencyGuided", "AdversarialTraining", "SCAAT", "PGDAT", "TRADES", "METHODS", "unwrap",
     "evaluating", "input_saliency", "kl_to",
 ]
+
+# explanation supervision (res.md): RES-G, RES-L, GRADIA, HAICS
+import functools as _functools
+
+from .res import GRADIA, HAICS, RES, ExplanationSupervision, evaluate_explanations, explanation_threshold
+
+METHODS.update({
+    "res-g": _functools.partial(RES, variant="G"),
+    "res-l": _functools.partial(RES, variant="L"),
+    "gradia": GRADIA,
+    "haics": HAICS,
+})
+__all__ += ["RES", "GRADIA", "HAICS", "ExplanationSupervision", "evaluate_explanations", "explanation_threshold"]
