@@ -9,3 +9,13 @@ from __future__ import annotations
 from .digits import digits_loaders, load_digits
 
 __all__ = ["load_digits", "digits_loaders"]
+
+# explanation supervision (res.md): annotated digits, the released RES format, plain mask files
+from .annotated import (AnnotatedDataset, Compose, RandomCrop, RandomHorizontalFlip, annotated_digits,
+                        annotated_digits_loaders, collate_annotated)
+from .res_format import (AnnotatedImageFolder, explanation_loaders, load_mask, read_res_annotations,
+                         res_format_loaders, write_res_csv)
+
+__all__ += ["AnnotatedDataset", "Compose", "RandomCrop", "RandomHorizontalFlip", "annotated_digits",
+            "annotated_digits_loaders", "collate_annotated", "AnnotatedImageFolder", "explanation_loaders",
+            "load_mask", "read_res_annotations", "res_format_loaders", "write_res_csv"]
