@@ -65,3 +65,71 @@ def samp_step(
     grad_avg[rows] = g
     active[rows] = new_act
     active_count[rows] = new_act.flatten(1).sum(dim=1)
+
+
+# --- SCAAT / Saliency Guided Training ops (scaat.md) -------------------------------------------
+import math  # noqa: E402
+
+BUDGET_MODES = ("mass", "topk", "inverse", "uniform")
+
+
+def _budget_keys(flat: Tensor) -> Tensor:
+    """Ordering keys: NaN ranks last (csrc/saliency_budget.h, order_key)."""
+    return torch.where(torch.isnan(flat), torch.full_like(flat, float("inf")), flat)
+
+
+def saliency_budget(saliency: Tensor, mode: str, epsilon: float, rho: float, k: float, gamma: float) -> Tensor:
+    """Per-image attack budget (B, H, W) from a saliency map (B, H, W), by full sorts.
+
+    "topk": ε where s <= the floor(k·H·W)-th smallest value; "mass": ε where s <= v*, the largest
+    value whose cumulative mass Σ_{s_j <= v*} s_j is <= rho·Σ s; "inverse": ε·(1 − r)^gamma with
+    r = #{s_j < s_i} / (H·W − 1); "uniform": ε everywhere.
+    """
+    if mode not in BUDGET_MODES:
+        raise ValueError(f"mode must be one of {BUDGET_MODES}, got {mode!r}")
+    if mode == "uniform":
+        return torch.full_like(saliency, epsilon)
+    batch = saliency.shape[0]
+    flat = saliency.reshape(batch, -1)
+    n = flat.shape[1]
+    keys = _budget_keys(flat)
+    ordered = keys.sort(dim=1).values
+    if mode == "inverse":
+        below = torch.searchsorted(ordered, keys, right=False)  # ties share the lower rank
+        rank = below.to(flat.dtype) / (n - 1) if n > 1 else torch.zeros_like(flat)
+        keep = 1 - rank
+        budget = epsilon * keep if gamma == 1 else epsilon * keep.pow(gamma)
+        return budget.reshape(saliency.shape)
+    if mode == "topk":
+        m = min(max(math.floor(k * n), 0), n)
+        if m == 0:
+            return torch.zeros_like(saliency)
+        threshold = ordered[:, m - 1 : m]
+        inside = keys <= threshold
+    else:  # mass: the cumulative mass of every value counts all of its ties
+        total = flat.sum(dim=1, keepdim=True)
+        cumulative = ordered.cumsum(dim=1)
+        last_tie = torch.searchsorted(ordered, ordered, right=True) - 1
+        fits = cumulative.gather(1, last_tie) <= rho * total
+        threshold = torch.where(fits, ordered, torch.full_like(ordered, -float("inf"))).max(dim=1, keepdim=True).values
+        inside = (keys <= threshold) & fits.any(dim=1, keepdim=True)
+    return torch.where(inside, torch.full_like(flat, epsilon), torch.zeros_like(flat)).reshape(saliency.shape)
+
+
+def masked_perturb(x: Tensor, delta: Tensor, grad: Tensor, budget: Tensor, step_size: float, epsilon: float,
+                   low: float, high: float) -> None:
+    """One PGD step in place on ``delta`` with separate PyTorch ops (csrc/masked_perturb.h)."""
+    ratio = step_size / epsilon if epsilon > 0 else 0.0
+    box = budget.unsqueeze(1)
+    sign = (grad > 0).to(grad.dtype) - (grad < 0).to(grad.dtype)
+    stepped = delta + (box * ratio) * sign
+    boxed = torch.minimum(torch.maximum(stepped, -box), box)
+    delta.copy_((x + boxed).clamp(low, high) - x)
+
+
+def masked_random_fill(x: Tensor, mask: Tensor, noise: Tensor) -> Tensor:
+    """Where ``mask`` (B, H, W) is set, every channel becomes min + noise·(max − min) of its image."""
+    flat = x.reshape(x.shape[0], -1)
+    low = flat.min(dim=1).values.view(-1, 1, 1, 1)
+    high = flat.max(dim=1).values.view(-1, 1, 1, 1)
+    return torch.where(mask.unsqueeze(1), low + noise * (high - low), x)
