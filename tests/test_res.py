@@ -109,7 +109,8 @@ def transcribe_exp_loss(method, M, P, N, has, projector=None):
                        stride=projector.geometry[1], padding=projector.geometry[2]).squeeze(1)
         T = transcribe_normalize(raw)
     fit_term = sum(abs(float(M[c]) - float(T[c])) for c in cells) / len(cells)
-    return max(align - method.eta, 0.0) + fit_term
+    reg = sum((float(T[c]) - max(float(Fs[c]), 0.0)) ** 2 for c in cells) / len(cells) if method.reg else 0.0
+    return max(align - method.eta, 0.0) + fit_term + method.reg * reg
 
 
 # -- a tiny float64 model: 8×8 input, Grad-CAM at the 4×4 pooled features --------------------------
@@ -156,6 +157,7 @@ METHODS = [
     pytest.param(lambda: RES("G"), id="res-g"),
     pytest.param(lambda: RES("L"), id="res-l"),
     pytest.param(lambda: RES("G", eta=0.0, weight=2.5), id="res-g-eta0-w2.5"),
+    pytest.param(lambda: RES("L", reg=0.7), id="res-l-reg"),
 ]
 
 
@@ -352,6 +354,8 @@ def test_bad_inputs():
         RES("G").loss(model, (x, y), 0)
     with pytest.raises(ValueError, match="variant"):
         RES("X")
+    with pytest.raises(ValueError, match="reg"):
+        RES("G", reg=1.0)
     with pytest.raises(ValueError, match="form"):
         HAICS(form="other")
     with pytest.raises(ValueError, match="weight"):

@@ -349,15 +349,21 @@ class RES(ExplanationSupervision):
     ``variant="L"``: T = Φ_w(relu(P − N) at full resolution), a learnable strided convolution
     (:class:`MaskProjector`) trained with the model by the same optimiser (it is in
     :meth:`parameters` and in the checkpoints). Pixels marked both positive and negative count as
-    unannotated, as in F.
+    unannotated, as in F. ``reg`` > 0 adds reg · mean (Φ_w − relu(F))², the released script's
+    optional ``--reg`` term (off there by default, and not part of res.md): nothing else ties
+    Φ to the masks, so without it Φ can drift (see EXPERIMENTS.md).
     """
 
     VARIANTS = ("G", "L")
 
-    def __init__(self, variant: str = "G", eta: float = 0.1, layer: Layer = None, weight: float = 1.0):
+    def __init__(self, variant: str = "G", eta: float = 0.1, layer: Layer = None, weight: float = 1.0,
+                 reg: float = 0.0):
         super().__init__(layer, weight)
         self.variant = check_choice(str(variant).upper(), "variant", self.VARIANTS)
         self.eta = check_nonnegative(eta, "eta")
+        self.reg = check_nonnegative(reg, "reg")
+        if self.reg and self.variant != "L":
+            raise ValueError("reg (the pull of Φ towards relu(F)) applies to variant='L' only")
         self._projector = MaskProjector() if self.variant == "L" else None
 
     @property
@@ -397,8 +403,14 @@ class RES(ExplanationSupervision):
     def explanation_loss(self, maps, target, has_mask, positive, negative):
         align, threshold = align_loss(maps, target, has_mask)
         mapped = self.explanation_target(target, positive, negative)
-        fit_term = _masked_mean((maps - mapped).abs(), _cell_weights(target, has_mask))
-        return F.relu(align - self.eta) + fit_term, {"align": align, "threshold": threshold, "fit": fit_term}
+        cells = _cell_weights(target, has_mask)
+        fit_term = _masked_mean((maps - mapped).abs(), cells)
+        loss = F.relu(align - self.eta) + fit_term
+        terms = {"align": align, "threshold": threshold, "fit": fit_term}
+        if self.reg:
+            terms["reg"] = _masked_mean((mapped - target.clamp_min(0)) ** 2, cells)
+            loss = loss + self.reg * terms["reg"]
+        return loss, terms
 
 
 # -- evaluation -----------------------------------------------------------------------------------
