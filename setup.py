@@ -23,6 +23,16 @@ def use_cuda() -> bool:
     return torch.version.cuda is not None and CUDA_HOME is not None
 
 
+def wheel_cuda_include_dirs():
+    """torch's CUDA wheels ship the CUDA library headers (cuSPARSE, cuBLAS, ...) in the
+    nvidia/*/include folders of their pip dependencies; a bare toolkit may lack them."""
+    try:
+        import nvidia
+    except ImportError:
+        return []
+    return sorted(p for root in nvidia.__path__ for p in glob.glob(os.path.join(root, "*", "include")))
+
+
 def extension():
     def sources(pattern):
         # relative paths: setuptools refuses absolute ones in an editable build
@@ -38,6 +48,7 @@ def extension():
     if use_cuda():
         cxx_flags.append("-DWITH_CUDA")
         nvcc_flags = ["-O3", "-DWITH_CUDA", "--expt-relaxed-constexpr", "-lineinfo"]
+        kwargs["include_dirs"] += wheel_cuda_include_dirs()
         return CUDAExtension(
             sources=cpp + sources("csrc/cuda/*.cu"),
             extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},

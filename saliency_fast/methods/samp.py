@@ -45,8 +45,8 @@ class PathResult:
     steps: Tensor  # (B,) int64
     model_calls: int  # forward+backward calls (batched); equals max(steps) on CPU
     reference: Tensor  # (B, C, H, W)
-    input_score: Tensor  # (B,) f_c(x)
-    reference_score: Tensor  # (B,) f_c(reference)
+    input_score: Optional[Tensor]  # (B,) f_c(x); None from attribute(), which skips scoring
+    reference_score: Optional[Tensor]  # (B,) f_c(reference)
 
     @property
     def completeness_error(self) -> Tensor:
@@ -166,10 +166,11 @@ class SAMP(AttributionMethod):
     # -- public API ---------------------------------------------------------------------
     def attribute(self, inputs: Tensor, target: Target = None) -> Tensor:
         """(B, H, W) SAMP maps (positive = supports the target class)."""
-        return self.attribute_paths(inputs, target).attribution
+        return self.attribute_paths(inputs, target, scores=False).attribution
 
-    def attribute_paths(self, inputs: Tensor, target: Target = None) -> SAMPResult:
-        """The map plus the raw per-path maps, steps, model calls and path-end scores."""
+    def attribute_paths(self, inputs: Tensor, target: Target = None, scores: bool = True) -> SAMPResult:
+        """The map plus the raw per-path maps, steps, model calls and (with ``scores``) the
+        scores of the inputs and references, which completeness checks need (one extra forward)."""
         check_images(inputs)
         if inputs.dtype not in (torch.float32, torch.float64):
             raise TypeError(f"inputs must be float32 or float64 for SAMP, got {inputs.dtype}")
@@ -177,11 +178,11 @@ class SAMP(AttributionMethod):
         if isinstance(model, nn.Module):
             check_model_device(model, inputs)
             with attribution_mode(model):
-                return self._attribute_paths(inputs, target)
-        return self._attribute_paths(inputs, target)
+                return self._attribute_paths(inputs, target, scores)
+        return self._attribute_paths(inputs, target, scores)
 
     # -- internals ----------------------------------------------------------------------
-    def _attribute_paths(self, inputs: Tensor, target: Target) -> SAMPResult:
+    def _attribute_paths(self, inputs: Tensor, target: Target, scores: bool) -> SAMPResult:
         target = resolve_target(self.model, inputs, target)
         inputs = inputs.detach().contiguous()
         results = {}
@@ -189,7 +190,7 @@ class SAMP(AttributionMethod):
             reference = make_reference(
                 self.references[name], inputs, f"{name}_reference", self.blur_kernel, self.blur_sigma
             )
-            results[name] = self._run_path(inputs, reference, target, insertion=name == "insertion")
+            results[name] = self._run_path(inputs, reference, target, name == "insertion", scores)
         maps = [results[name].attribution for name in self.paths]
         if self.reduction == "norm":
             maps = [minmax_normalize(m) for m in maps]
@@ -197,7 +198,7 @@ class SAMP(AttributionMethod):
         final = minmax_normalize(raw) if self.normalize else raw
         return SAMPResult(attribution=final, raw=raw, paths=results, target=target)
 
-    def _run_path(self, inputs: Tensor, reference: Tensor, target: Tensor, insertion: bool) -> PathResult:
+    def _run_path(self, inputs: Tensor, reference: Tensor, target: Tensor, insertion: bool, scores: bool) -> PathResult:
         start, end = (reference, inputs) if insertion else (inputs, reference)
         state = _PathState(start, end, self.n_frag)
         k = resolve_pixels_per_step(self.pixels_per_step, inputs.shape[-2], inputs.shape[-1])
@@ -226,9 +227,11 @@ class SAMP(AttributionMethod):
             calls += 1
             momentum = 1.0 if self.momentum is None else self.momentum
         sign = 1.0 if insertion else -1.0
-        with torch.no_grad():
-            scores = score_outputs(self.model(torch.cat([inputs, reference])), target.repeat(2), self.score)
-        input_score, reference_score = scores.chunk(2)
+        input_score = reference_score = None
+        if scores:
+            with torch.no_grad():
+                end_scores = score_outputs(self.model(torch.cat([inputs, reference])), target.repeat(2), self.score)
+            input_score, reference_score = end_scores.chunk(2)
         return PathResult(
             attribution=sign * state.attribution,
             steps=state.step_count,

@@ -1,0 +1,135 @@
+"""SAMP / SAMP++ benchmarks (pytest-benchmark). Run all suites and write BENCHMARKS.md with
+`make bench`; this file alone:
+
+    .venv/bin/python -m pytest bench/test_bench_samp.py --benchmark-only
+
+Groups (ratios in BENCHMARKS.md are against the row marked baseline):
+- ``samp_step 32x3x224x224``: the step logic alone (the gradient is given), s = 3584, IC and
+  momentum on: the native op vs the project's vectorised reference vs the straightforward
+  quantile-based step (bench/straightforward_samp.py).
+- ``samp++ end to end``: SAMP++ on 64 test digits with the shipped CNN vs the model-only lower
+  bound (the same forward+input-gradient calls with the same batch sizes) vs the
+  straightforward implementation of the whole path.
+"""
+import math
+
+import pytest
+import torch
+
+import saliency_fast as sf
+from saliency_fast import _reference, ops
+from saliency_fast._common import attribution_mode, input_gradient
+from saliency_fast.data import load_digits
+from saliency_fast.models import digits_cnn
+from saliency_fast.references import make_reference
+
+from .straightforward_samp import straightforward_path, straightforward_step
+
+ROUNDS = 3
+
+
+def run(benchmark, function, *args, setup=None, rounds=ROUNDS):
+    if setup is not None:
+        return benchmark.pedantic(function, setup=setup, rounds=rounds, iterations=1, warmup_rounds=1)
+    return benchmark.pedantic(function, args=args, rounds=rounds, iterations=1, warmup_rounds=1)
+
+
+# --- step logic at ImageNet size -------------------------------------------------------------
+@pytest.fixture(scope="module")
+def step_state():
+    g = torch.Generator().manual_seed(0)
+    shape = (32, 3, 224, 224)
+    point = torch.randn(shape, generator=g)
+    end = torch.zeros(shape)
+    grad = torch.randn(shape, generator=g)
+    bound = (point - end).abs().flatten(1).sum(1) / 50
+    return point, end, grad, bound
+
+
+def fresh(step_state):
+    point, end, grad, bound = step_state
+    active = _reference.pixels_active(point, end)
+    return dict(point=point.clone(), end=end, grad=grad, grad_avg=torch.randn_like(point),
+                attribution=torch.zeros(point.shape[0], *point.shape[2:]), active=active,
+                count=active.flatten(1).sum(1), steps=torch.zeros(point.shape[0], dtype=torch.long),
+                rows=torch.arange(point.shape[0]), bound=bound)
+
+
+def op_step(fn):
+    def step(s):
+        fn(s["point"], s["end"], s["grad"], s["grad_avg"], s["attribution"], s["active"], s["count"],
+           s["steps"], s["rows"], s["bound"], 3584, 0.5, False, False)
+    return step
+
+
+@pytest.mark.parametrize("implementation", ["native", "reference", "straightforward"])
+def test_samp_step_224(benchmark, step_state, implementation):
+    benchmark.group = "samp_step 32x3x224x224"
+    benchmark.extra_info["baseline"] = implementation == "native"
+    if implementation == "native" and not sf.native_available():
+        pytest.skip("extension not built")
+    state = {}
+
+    def setup():
+        state.clear()
+        state.update(fresh(step_state))
+        return (), {}
+
+    def straightforward():
+        s = state
+        straightforward_step(s["point"], s["end"], s["grad"], s["grad_avg"], s["attribution"], s["active"],
+                             s["bound"], 3584, 0.5, False, False)
+
+    function = {"native": lambda: op_step(ops.samp_step)(state),
+                "reference": lambda: op_step(_reference.samp_step)(state),
+                "straightforward": straightforward}[implementation]
+    run(benchmark, function, setup=setup, rounds=5)
+
+
+# --- SAMP++ end to end on the digits ---------------------------------------------------------
+@pytest.fixture(scope="module")
+def digits_work():
+    model = digits_cnn()
+    images, _ = load_digits("test")
+    images = images[:64].contiguous()
+    with torch.no_grad():
+        target = model(images).argmax(1)
+    return model, images, target
+
+
+@pytest.fixture(scope="module")
+def recorded_batches(digits_work):
+    """The batch size of every model call SAMP++ makes (the lower bound replays them)."""
+    model, images, target = digits_work
+    result = sf.SAMP.plus(model).attribute_paths(images, target)
+    sizes = []
+    for path in result.paths.values():
+        sizes += [int((path.steps > t).sum()) for t in range(path.model_calls)]
+    return sizes
+
+
+def model_only(model, images, target, sizes):
+    with attribution_mode(model):
+        for size in sizes:
+            input_gradient(model, images[:size], target[:size])
+
+
+def straightforward_samp_plus(model, images, target):
+    with attribution_mode(model):
+        blur = make_reference("blur", images, "insertion_reference")
+        straightforward_path(model, images, torch.zeros_like(images), target, 10, insertion=False)
+        straightforward_path(model, blur, images, target, 10, insertion=True)
+
+
+@pytest.mark.parametrize("implementation", ["samp++", "model-only lower bound", "straightforward"])
+def test_samp_plus_end_to_end(benchmark, digits_work, recorded_batches, implementation):
+    benchmark.group = "samp++ end to end: 64 digits 1x32x32, DigitsCNN"
+    benchmark.extra_info["baseline"] = implementation == "model-only lower bound"
+    benchmark.extra_info["model_calls"] = len(recorded_batches)
+    model, images, target = digits_work
+    if implementation == "samp++":
+        run(benchmark, lambda: sf.SAMP.plus(model).attribute(images, target))
+    elif implementation == "straightforward":
+        run(benchmark, straightforward_samp_plus, model, images, target)
+    else:
+        run(benchmark, model_only, model, images, target, recorded_batches)

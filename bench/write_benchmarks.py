@@ -1,0 +1,100 @@
+"""Runs every bench/ suite in one pytest-benchmark session and writes BENCHMARKS.md.
+
+    make bench          # or: .venv/bin/python bench/write_benchmarks.py [pytest args]
+
+Within each group, the ratio of a row is its median time over the median of the group's
+baseline row (the one whose extra_info says baseline=True: the model-only lower bound or the
+native implementation, as the group's docstring says).
+"""
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_suites(extra_args):
+    with tempfile.TemporaryDirectory() as tmp:
+        report = os.path.join(tmp, "bench.json")
+        command = [sys.executable, "-m", "pytest", "bench", "--benchmark-only", f"--benchmark-json={report}",
+                   "-q", "-p", "no:cacheprovider", *extra_args]
+        print("running:", " ".join(command), flush=True)
+        subprocess.run(command, cwd=ROOT, check=False)
+        with open(report) as handle:
+            return json.load(handle), " ".join(["python", "-m", "pytest", "bench", "--benchmark-only", *extra_args])
+
+
+def group_tables(report):
+    groups = {}
+    for bench in report["benchmarks"]:
+        groups.setdefault(bench["group"] or bench["fullname"], []).append(bench)
+    lines = []
+    for group, rows in sorted(groups.items()):
+        baseline = next((r for r in rows if r.get("extra_info", {}).get("baseline")), None)
+        lines += [f"### {group}", "", "| implementation | median (ms) | ratio to baseline | rounds |",
+                  "|---|---:|---:|---:|"]
+        for row in sorted(rows, key=lambda r: r["stats"]["median"]):
+            median = row["stats"]["median"]
+            ratio = f"{median / baseline['stats']['median']:.2f}×" if baseline else "—"
+            name = row["param"] if row.get("param") else row["name"]
+            marker = " (baseline)" if row is baseline else ""
+            lines.append(f"| {name}{marker} | {median * 1e3:.2f} | {ratio} | {row['stats']['rounds']} |")
+        notes = {k: v for r in rows for k, v in r.get("extra_info", {}).items() if k != "baseline"}
+        if notes:
+            lines += ["", "Notes: " + ", ".join(f"{k} = {v}" for k, v in sorted(notes.items()))]
+        lines.append("")
+    return lines
+
+
+def dispatch_section():
+    sys.path.insert(0, ROOT)
+    from bench.dispatch_counts import samp_dispatch_counts
+    from saliency_fast.data import load_digits
+    from saliency_fast.models import digits_cnn
+
+    model = digits_cnn()
+    images = load_digits("test")[0][:64]
+    counts = samp_dispatch_counts(model, images, model(images).argmax(1))
+    return [
+        "### SAMP++ per step, outside the model (TorchDispatchMode, 64 digits)", "",
+        f"- model calls: {counts['model_calls']}",
+        f"- ATen ops dispatched per step outside the model: {counts['ops_per_step_outside_model']:.2f}",
+        f"- syncing ops outside the model (item, nonzero, masked_select, ...): "
+        f"{sum(counts['syncing_ops_outside_model'].values())}",
+        f"- most frequent: {counts['top_ops_outside_model']}", "",
+    ]
+
+
+def main():
+    report, command = run_suites(sys.argv[1:])
+    import torch
+
+    import saliency_fast as sf
+
+    machine = report.get("machine_info", {})
+    info = sf.build_info()
+    lines = [
+        "# Benchmarks", "",
+        f"Written by `make bench` (`python bench/write_benchmarks.py`) on {datetime.date.today()}; "
+        "every number below was measured in that one run.", "",
+        f"- machine: {machine.get('cpu', {}).get('brand_raw', platform.processor())}, "
+        f"{os.cpu_count()} cores, {platform.system()} {platform.release()}; GPU: "
+        f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'}",
+        f"- torch {torch.__version__}, saliency_fast {sf.__version__}, native backends {info.get('backends')}, "
+        f"threads {info.get('threads')}",
+        f"- command: `{command}`", "",
+        "Medians over the rounds shown; ratio = median / the group's baseline median (lower is faster).", "",
+    ]
+    lines += group_tables(report)
+    lines += dispatch_section()
+    with open(os.path.join(ROOT, "BENCHMARKS.md"), "w") as handle:
+        handle.write("\n".join(lines))
+    print("wrote BENCHMARKS.md")
+
+
+if __name__ == "__main__":
+    main()
