@@ -1,0 +1,817 @@
+"""Dataset-scale attribution: ``attribute_dataset`` writes maps to shard files, ``load_attributions``
+reads them back in dataset order.
+
+Layout of ``out_dir``::
+
+    manifest.json          what was computed (method and all its parameters, model and input
+                           fingerprints, package version, storage dtype, shard index, skipped images)
+    shard-000000.pt        one file per ``shard_size`` consecutive dataset indices: the maps of the
+    shard-000001.pt        readable images, their dataset indices and explained classes, optional
+    ...                    Deletion/Insertion AUCs, and the images of that range that were skipped
+
+Why it is built this way:
+
+- **Kill-safe.** Every file is written to a temporary sibling, flushed to disk and renamed into place
+  (``os.replace`` is atomic), so a shard file either exists complete or not at all. A run killed at any
+  moment (even ``kill -9``) loses at most the shards it was computing; ``resume=True`` (the default)
+  skips every finished shard.
+- **Reproducible.** A shard is always cut into the same batches (consecutive readable images,
+  ``batch_size`` at a time, counted from the shard's start), whoever computes it and whenever, so a
+  resumed run and a ``torchrun`` run give the same maps as one uninterrupted process.
+- **Refuses to mix runs.** The manifest records an identity (method + every parameter, model weights
+  fingerprint, input fingerprint, shard size, storage dtype, AMP, evaluation); resuming into a folder
+  whose identity differs raises a ``ValueError`` naming the fields that differ.
+- **Multi-process.** Under ``torchrun`` (WORLD_SIZE > 1) the pending shards are dealt round-robin to the
+  ranks (gloo on CPU, NCCL on CUDA); each rank writes its own shard files and rank 0 the manifest.
+- **Memory-safe.** An out-of-memory error halves the batch (and the method's internal pass size) and
+  retries, down to one image; the size that worked is kept for the rest of the run.
+- **Bad input is reported, not fatal.** An image that cannot be read, has a different shape from the
+  first readable image, or holds NaN/Inf is skipped with a warning naming its index and listed in the
+  manifest; ``load_attributions`` returns NaN maps at those indices so dataset indices stay aligned.
+"""
+from __future__ import annotations
+
+import gc
+import hashlib
+import inspect
+import json
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from .methods import GradCAM, GuidedIG, InputXGradient, IntegratedGradients, SAMP, Saliency, SmoothGrad
+
+__all__ = ["attribute_dataset", "load_attributions", "make_method", "method_parameters", "AttributionSet",
+           "METHOD_NAMES", "MANIFEST_NAME"]
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+SHARD_PATTERN = "shard-{:06d}.pt"
+STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
+FINGERPRINT_SAMPLES = 64  # items hashed from a folder or a Dataset (a full hash would read everything)
+
+# name → (class, defaults layered under the user's options)
+_METHODS: Dict[str, Tuple[type, Dict[str, Any]]] = {
+    "samp": (SAMP, {}),
+    "samp++": (SAMP, {"n_frag": 50, "momentum": 0.5}),  # exactly SAMP.plus
+    "ig": (IntegratedGradients, {}),
+    "saliency": (Saliency, {}),
+    "inputxgradient": (InputXGradient, {}),
+    "smoothgrad": (SmoothGrad, {}),
+    "gradcam": (GradCAM, {}),
+    "guidedig": (GuidedIG, {}),
+}
+METHOD_NAMES = tuple(_METHODS)
+# Options naming a method's internal images-per-pass; shrunk together with the batch on OOM.
+_PASS_SIZE_ATTRIBUTES = ("internal_batch_size", "batch_size")
+
+
+# ==============================================================================================
+# method registry
+# ==============================================================================================
+def _method_entry(name: str) -> Tuple[type, Dict[str, Any]]:
+    if not isinstance(name, str) or name.lower() not in _METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHOD_NAMES)}, got {name!r}")
+    return _METHODS[name.lower()]
+
+
+def default_gradcam_layer(model: nn.Module) -> str:
+    """The model's ``GRADCAM_LAYER`` if it declares one, else its last Conv2d."""
+    declared = getattr(model, "GRADCAM_LAYER", None)
+    if isinstance(declared, str):
+        return declared
+    convolutions = [name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
+    if not convolutions:
+        raise ValueError("gradcam needs a convolutional layer: pass method_options={'layer': '<dotted name>'}")
+    return convolutions[-1]
+
+
+def _layer_name(model: nn.Module, layer) -> str:
+    if isinstance(layer, str):
+        return layer
+    for name, module in model.named_modules():
+        if module is layer:
+            return name
+    raise ValueError("layer is a module that is not part of the model; pass one of model's submodules")
+
+
+def _jsonable(value):
+    """A JSON-safe record of an option value (tensors by shape and content hash)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, Tensor):
+        return {"tensor": list(value.shape), "dtype": str(value.dtype), "sha256": _tensor_hash(value)}
+    if isinstance(value, np.generic):
+        return value.item()
+    return repr(value)
+
+
+def method_parameters(name: str, model: Optional[nn.Module] = None, **options) -> Dict[str, Any]:
+    """Every constructor parameter of method ``name`` with the defaults filled in (JSON-safe): the
+    record the manifest keeps, so that changing any option is detected on resume."""
+    cls, defaults = _method_entry(name)
+    options = {**defaults, **options}
+    signature = inspect.signature(cls.__init__)
+    accepted = [p for p in signature.parameters if p not in ("self", "model")]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(f"method {name!r} has no option(s) {', '.join(unknown)}; it accepts: {', '.join(accepted)}")
+    if cls is GradCAM:
+        if "layer" not in options:
+            if model is None:
+                raise ValueError("gradcam needs a layer (or a model to find its default layer)")
+            options["layer"] = default_gradcam_layer(model)
+        elif model is not None:
+            options["layer"] = _layer_name(model, options["layer"])
+    bound = signature.bind(None, None, **options)
+    bound.apply_defaults()
+    return {k: _jsonable(v) for k, v in bound.arguments.items() if k not in ("self", "model")}
+
+
+def make_method(name: str, model: nn.Module, **options):
+    """The attribution method called ``name`` on ``model``.
+
+    Names: samp, samp++ (SAMP.plus: n_frag=50, momentum=0.5), ig, saliency, inputxgradient,
+    smoothgrad, gradcam (default layer: ``model.GRADCAM_LAYER`` or the last Conv2d), guidedig.
+    ``options`` go to the method's constructor (e.g. ``make_method("ig", model, n_steps=16)``).
+    """
+    return _build_method(name, model, model, options)
+
+
+def _build_method(name: str, run_model: nn.Module, user_model: nn.Module, options: Dict[str, Any]):
+    """Build on ``run_model`` (the model possibly wrapped for AMP/channels-last/compile); layer
+    names are resolved on ``user_model``, whose submodules ``run_model`` contains."""
+    cls, defaults = _method_entry(name)
+    options = {**defaults, **options}
+    method_parameters(name, user_model, **options)  # validates option names
+    if cls is GradCAM:
+        layer = options.get("layer", default_gradcam_layer(user_model))
+        if isinstance(layer, str):
+            from .methods.gradcam import resolve_layer
+
+            layer = resolve_layer(user_model, layer)
+        options["layer"] = layer
+    return cls(run_model, **options)
+
+
+# ==============================================================================================
+# fingerprints
+# ==============================================================================================
+def _tensor_bytes(tensor: Tensor) -> bytes:
+    flat = tensor.detach().cpu().contiguous().reshape(-1)
+    return flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b""
+
+
+def _tensor_hash(tensor: Tensor) -> str:
+    digest = hashlib.sha256(f"{tuple(tensor.shape)}{tensor.dtype}".encode())
+    digest.update(_tensor_bytes(tensor))
+    return digest.hexdigest()
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """sha256 over the model's class name and its state_dict (names, dtypes, shapes, values)."""
+    digest = hashlib.sha256(type(model).__qualname__.encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(f"|{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(_tensor_bytes(tensor))
+    return digest.hexdigest()
+
+
+# ==============================================================================================
+# data sources: len(), load(index) -> (C, H, W) float tensor (may raise), fingerprint()
+# ==============================================================================================
+def _to_float_image(value) -> Tensor:
+    """One item → a (C, H, W) floating tensor; uint8 is scaled to [0, 1]; PIL images are decoded."""
+    if isinstance(value, (tuple, list)):  # (image, label, ...) items
+        if not value:
+            raise ValueError("the item is an empty tuple")
+        value = value[0]
+    if isinstance(value, dict):
+        for key in ("image", "images", "input", "inputs", "x"):
+            if key in value:
+                value = value[key]
+                break
+        else:
+            raise ValueError(f"the item is a dict without an 'image'/'input'/'x' key (keys: {sorted(value)})")
+    if _is_pil_image(value):
+        return _pil_to_tensor(value)
+    if isinstance(value, np.ndarray):
+        value = torch.from_numpy(np.array(value))
+    if not isinstance(value, Tensor):
+        raise TypeError(f"the item is a {type(value).__name__}, not an image tensor, array or PIL image")
+    if value.dtype == torch.uint8:
+        value = value.float() / 255.0
+    elif value.dtype in (torch.float16, torch.bfloat16):
+        value = value.float()
+    elif not value.is_floating_point():
+        raise TypeError(f"the item has dtype {value.dtype}; images must be floating or uint8")
+    if value.dim() == 2:
+        value = value.unsqueeze(0)
+    if value.dim() != 3:
+        raise ValueError(f"the item has shape {tuple(value.shape)}, not (C, H, W) or (H, W)")
+    return value
+
+
+def _is_pil_image(value) -> bool:
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - Pillow is a dependency of the folder source only
+        return False
+    return isinstance(value, Image.Image)
+
+
+def _pil_to_tensor(image) -> Tensor:
+    """Grayscale modes → 1 channel, everything else → RGB; values scaled to [0, 1]."""
+    if image.mode.startswith("I;16"):
+        array = np.asarray(image, dtype=np.float32) / 65535.0
+    else:
+        image = image.convert("L" if image.mode in ("1", "L", "LA") else "RGB")
+        array = np.asarray(image, dtype=np.float32) / 255.0
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    return tensor.unsqueeze(0) if tensor.dim() == 2 else tensor.permute(2, 0, 1).contiguous()
+
+
+class _ArraySource:
+    """A torch tensor or a (possibly memory-mapped) NumPy array of shape (N, C, H, W) or (N, H, W)."""
+
+    def __init__(self, array, description: str):
+        if array.ndim not in (3, 4):
+            raise ValueError(f"data must have shape (N, C, H, W) or (N, H, W), got {tuple(array.shape)}")
+        self.array, self.description = array, description
+
+    def __len__(self) -> int:
+        return int(self.array.shape[0])
+
+    def load(self, index: int) -> Tensor:
+        item = self.array[index]
+        return _to_float_image(item.clone() if isinstance(item, Tensor) else np.array(item))
+
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256(f"array{tuple(self.array.shape)}{self.array.dtype}".encode())
+        rows = max(1, (1 << 26) // max(1, int(np.prod(self.array.shape[1:]))))  # ~64M elements a chunk
+        for start in range(0, len(self), rows):
+            chunk = self.array[start : start + rows]
+            digest.update(_tensor_bytes(chunk) if isinstance(chunk, Tensor) else np.ascontiguousarray(chunk).tobytes())
+        return digest.hexdigest()
+
+
+class _FolderSource:
+    """Image files under a folder (recursively, sorted by relative path), decoded with Pillow."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.files = sorted((p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
+                            key=lambda p: p.relative_to(folder).as_posix())
+        if not self.files:
+            raise ValueError(f"the folder {folder} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+        self.description = f"folder {folder}"
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def load(self, index: int) -> Tensor:
+        from PIL import Image
+
+        with Image.open(self.files[index]) as image:
+            image.load()
+            return _pil_to_tensor(image)
+
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256(b"folder")
+        for path in self.files:
+            digest.update(f"|{path.relative_to(self.folder).as_posix()}|{path.stat().st_size}".encode())
+        for index in _sample_indices(len(self)):
+            digest.update(self.files[index].read_bytes())
+        return digest.hexdigest()
+
+    def name(self, index: int) -> str:
+        return self.files[index].relative_to(self.folder).as_posix()
+
+
+class _DatasetSource:
+    """Any map-style dataset (``__len__`` and ``__getitem__``); items may be (image, label, ...)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+        self.description = f"dataset {type(dataset).__qualname__}"
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def load(self, index: int) -> Tensor:
+        return _to_float_image(self.dataset[index])
+
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256(f"dataset|{type(self.dataset).__qualname__}|{len(self)}".encode())
+        for index in _sample_indices(len(self)):
+            try:
+                digest.update(_tensor_bytes(self.load(index)))
+            except Exception as error:  # an unreadable item is part of the data's identity too
+                digest.update(f"error:{type(error).__name__}".encode())
+        return digest.hexdigest()
+
+
+def _sample_indices(count: int) -> List[int]:
+    if count <= FINGERPRINT_SAMPLES:
+        return list(range(count))
+    return sorted({round(i * (count - 1) / (FINGERPRINT_SAMPLES - 1)) for i in range(FINGERPRINT_SAMPLES)})
+
+
+def _open_source(data):
+    if isinstance(data, Tensor):
+        return _ArraySource(data.detach().cpu(), "tensor")
+    if isinstance(data, np.ndarray):
+        return _ArraySource(data, "array")
+    if isinstance(data, (str, os.PathLike)):
+        path = Path(data)
+        if path.is_dir():
+            return _FolderSource(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"data path {path} does not exist (expected a .pt/.npy file or an image folder)")
+        if path.suffix == ".npy":
+            return _ArraySource(np.load(path, mmap_mode="r"), f"file {path}")
+        if path.suffix in (".pt", ".pth"):
+            return _ArraySource(_images_from_pt(torch.load(path, map_location="cpu", weights_only=True), path),
+                                f"file {path}")
+        raise ValueError(f"data file {path} must be .pt, .pth or .npy (or pass an image folder)")
+    if hasattr(data, "__getitem__") and hasattr(data, "__len__"):
+        return _DatasetSource(data)
+    raise TypeError(f"data must be a tensor, a .pt/.npy path, an image folder or a torch Dataset, got {type(data).__name__}")
+
+
+def _images_from_pt(content, path: Path) -> Tensor:
+    if isinstance(content, (tuple, list)) and content and isinstance(content[0], Tensor):
+        return content[0]  # (images, labels)
+    if isinstance(content, dict):
+        for key in ("images", "inputs", "x", "data"):
+            if isinstance(content.get(key), Tensor):
+                return content[key]
+    if isinstance(content, Tensor):
+        return content
+    raise ValueError(f"{path} must hold a tensor, an (images, labels) tuple or a dict with an 'images' tensor")
+
+
+def _load_checked(source, index: int, shape: Optional[Tuple[int, ...]]) -> Tuple[Optional[Tensor], Optional[str]]:
+    """(image, None) or (None, why it is skipped)."""
+    try:
+        image = source.load(index)
+    except Exception as error:
+        return None, f"unreadable: {type(error).__name__}: {error}"
+    if shape is not None and tuple(image.shape) != shape:
+        return None, f"shape {tuple(image.shape)} differs from the dataset's {shape}"
+    if not bool(torch.isfinite(image).all()):
+        return None, "contains NaN or Inf"
+    return image, None
+
+
+def _reference_shape(source) -> Tuple[int, ...]:
+    """The (C, H, W) of the first readable image: the shape every image must have."""
+    for index in range(len(source)):
+        image, _ = _load_checked(source, index, None)
+        if image is not None:
+            return tuple(image.shape)
+    raise ValueError(f"none of the {len(source)} items of the data could be read as an image")
+
+
+# ==============================================================================================
+# files
+# ==============================================================================================
+def _atomic_write(path: Path, write) -> None:
+    """``write(handle)`` into a temporary sibling, fsync, rename into place (atomic on POSIX/Windows)."""
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(temporary, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+
+
+def _write_manifest(out_dir: Path, manifest: dict) -> None:
+    text = json.dumps(manifest, indent=1, sort_keys=True).encode()
+    _atomic_write(out_dir / MANIFEST_NAME, lambda handle: handle.write(text))
+
+
+def _read_manifest(out_dir: Path) -> Optional[dict]:
+    path = out_dir / MANIFEST_NAME
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); remove the folder or pass resume=False") from error
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_VERSION or "identity" not in manifest:
+        raise ValueError(f"{path} is not a saliency_fast attribution manifest (format {FORMAT_VERSION})")
+    return manifest
+
+
+def _shard_ranges(count: int, shard_size: int) -> List[Tuple[int, int]]:
+    return [(start, min(start + shard_size, count)) for start in range(0, count, shard_size)]
+
+
+def _load_shard(path: Path, mmap: bool = False) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+
+
+# ==============================================================================================
+# processes and devices
+# ==============================================================================================
+class _Processes:
+    """This process's rank in a torchrun job (initialising the process group if torchrun started
+    us and nobody has yet), or a single process."""
+
+    def __init__(self):
+        self.owns_group = False
+        if dist.is_available() and not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+            self.owns_group = True
+        self.active = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        self.rank = dist.get_rank() if self.active else 0
+        self.world = dist.get_world_size() if self.active else 1
+
+    def barrier(self) -> None:
+        if self.active:
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.owns_group:
+            dist.destroy_process_group()
+
+
+def _resolve_device(model: nn.Module, device, processes: _Processes) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    if processes.active and torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", processes.rank % torch.cuda.device_count())))
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def _amp_dtype(device: torch.device) -> torch.dtype:
+    """bfloat16 where supported: its range keeps small input gradients from underflowing to zero."""
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
+
+
+class _RunModel(nn.Module):
+    """The user's model under autocast and/or channels-last and/or torch.compile, with float32
+    logits out, so every method sees an ordinary float32 classifier."""
+
+    def __init__(self, model: nn.Module, amp_dtype: Optional[torch.dtype], channels_last: bool, compiled: bool):
+        super().__init__()
+        self.model = model
+        self.amp_dtype, self.channels_last = amp_dtype, channels_last
+        object.__setattr__(self, "_call", torch.compile(model) if compiled else model)  # not a submodule
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.amp_dtype is None:
+            return self._call(x)
+        with torch.autocast(device_type=x.device.type, dtype=self.amp_dtype):
+            logits = self._call(x)
+        return logits.float()
+
+
+# ==============================================================================================
+# the run
+# ==============================================================================================
+def _check_positive(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def _identity_differences(saved: dict, current: dict) -> List[str]:
+    differences = []
+    for key in sorted(set(saved) | set(current)):
+        if saved.get(key) != current.get(key):
+            old, new = json.dumps(saved.get(key), sort_keys=True), json.dumps(current.get(key), sort_keys=True)
+            if len(old) + len(new) > 200:
+                old, new = old[:90] + "…", new[:90] + "…"
+            differences.append(f"{key} (saved {old}, now {new})")
+    return differences
+
+
+class _Runner:
+    """Computes the shards of one rank; holds the batch size that last fit in memory."""
+
+    def __init__(self, method, run_model, device, batch_size, storage_dtype, evaluate, progress_bar):
+        self.method, self.run_model, self.device = method, run_model, device
+        self.batch_size, self.storage_dtype, self.evaluate = batch_size, storage_dtype, evaluate
+        self.eval_max_batch: Optional[int] = None
+        self.progress_bar = progress_bar
+
+    # -- one shard -------------------------------------------------------------------------
+    def shard(self, source, index: int, start: int, stop: int, shape) -> dict:
+        outputs: Dict[str, List[Tensor]] = {"maps": [], "targets": [], "deletion_auc": [], "insertion_auc": []}
+        indices: List[int] = []
+        skipped: List[List] = []
+        pending: List[Tuple[int, Tensor]] = []
+        items = self._valid_items(source, start, stop, shape, skipped)
+        exhausted = False
+        while True:
+            while not exhausted and len(pending) < self.batch_size:
+                item = next(items, None)
+                exhausted = item is None
+                if item is not None:
+                    pending.append(item)
+            if not pending:
+                break
+            chunk = pending[: self.batch_size]
+            try:
+                result = self._batch(torch.stack([image for _, image in chunk]))
+            except torch.OutOfMemoryError as error:
+                self._shrink(error, len(chunk))
+                continue
+            for key, value in result.items():
+                outputs[key].append(value)
+            indices.extend(i for i, _ in chunk)
+            pending = pending[len(chunk):]
+            self.progress_bar.update(len(chunk))
+        self.progress_bar.update(len(skipped))
+        record = {"shard": index, "start": start, "stop": stop, "indices": torch.tensor(indices, dtype=torch.long),
+                  "skipped": skipped, "batch_size": self.batch_size}
+        for key, values in outputs.items():
+            if values:
+                record[key] = torch.cat(values)
+        if not indices:  # an all-skipped shard still records empty tensors of the right kind
+            record["maps"] = torch.empty((0,) + tuple(shape[1:]), dtype=self.storage_dtype)
+            record["targets"] = torch.empty(0, dtype=torch.long)
+        return record
+
+    def _valid_items(self, source, start, stop, shape, skipped) -> Iterator[Tuple[int, Tensor]]:
+        for index in range(start, stop):
+            image, reason = _load_checked(source, index, shape)
+            if image is None:
+                name = source.name(index) if hasattr(source, "name") else None
+                where = f"image {index}" + (f" ({name})" if name else "")
+                warnings.warn(f"attribute_dataset: skipping {where}: {reason}", stacklevel=4)
+                skipped.append([index, reason] + ([name] if name else []))
+                continue
+            yield index, image
+
+    # -- one batch -------------------------------------------------------------------------
+    def _batch(self, images: Tensor) -> Dict[str, Tensor]:
+        x = images.to(self.device, non_blocking=True)
+        with torch.no_grad():
+            target = self.run_model(x).argmax(dim=1)
+        maps = self.method.attribute(x, target).detach()
+        result = {"maps": maps.to(self.storage_dtype).cpu(), "targets": target.cpu()}
+        if self.evaluate:
+            from .metrics import deletion_insertion
+
+            scores = deletion_insertion(self.run_model, x, maps.float(), target=target,
+                                        max_batch=self.eval_max_batch, allow_constant=True)
+            result["deletion_auc"] = scores.deletion_auc.float().cpu()
+            result["insertion_auc"] = scores.insertion_auc.float().cpu()
+        return result
+
+    def _shrink(self, error: BaseException, attempted: int) -> None:
+        """After an OOM: halve the batch, make the method's internal passes one batch copy, halve
+        the evaluation's images per call. Raise when everything is already at one image."""
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        pass_sizes = [getattr(self.method, a) for a in _PASS_SIZE_ATTRIBUTES if hasattr(self.method, a)]
+        eval_at_minimum = not self.evaluate or self.eval_max_batch == 1
+        if attempted == 1 and all(size == 1 for size in pass_sizes) and eval_at_minimum:
+            raise torch.OutOfMemoryError(
+                f"out of memory with a single image per model call ({error}); use a device with more memory, "
+                "smaller images, or a smaller model") from error
+        self.batch_size = max(1, attempted // 2)
+        for attribute in _PASS_SIZE_ATTRIBUTES:
+            if hasattr(self.method, attribute):
+                setattr(self.method, attribute, self.batch_size)
+        if self.evaluate:
+            current = self.eval_max_batch or (1 << 22)
+            self.eval_max_batch = max(1, current // 2)
+        warnings.warn(f"attribute_dataset: out of memory with {attempted} images; retrying with "
+                      f"batch_size={self.batch_size}", stacklevel=4)
+
+
+def attribute_dataset(
+    model: nn.Module,
+    data,
+    method: str,
+    out_dir: Union[str, os.PathLike],
+    batch_size: int = 64,
+    shard_size: int = 1024,
+    resume: bool = True,
+    device: Union[str, torch.device, None] = None,
+    amp: bool = False,
+    channels_last: bool = False,
+    compile: bool = False,
+    evaluate: bool = False,
+    *,
+    method_options: Optional[Dict[str, Any]] = None,
+    dtype: str = "float32",
+    progress: bool = True,
+) -> dict:
+    """Attribute every image of ``data`` with ``method`` and store the maps in ``out_dir``.
+
+    Args:
+        model: a classifier (B, C, H, W) → (B, classes); moved to ``device``. The explained class of
+            each image is the model's prediction (stored as ``targets``).
+        data: a (N, C, H, W) or (N, H, W) tensor or NumPy array (uint8 is scaled to [0, 1]), a path
+            to a .pt file (a tensor, an (images, labels) tuple or {"images": tensor}) or a .npy file
+            (memory-mapped), a folder of images (recursive, sorted by relative path, decoded with
+            Pillow: grayscale → 1 channel, else RGB, scaled to [0, 1]), or any map-style Dataset
+            whose items are images or (image, label, ...) tuples.
+        method: one of ``METHOD_NAMES``; ``method_options`` go to its constructor.
+        out_dir: output folder (created). See the module docstring for its layout.
+        batch_size: images per attribution call (reduced automatically on out-of-memory).
+        shard_size: images per shard file: the unit of resumption and of work between processes.
+        resume: skip the shards already in ``out_dir`` (refusing a folder written by a different
+            model, method, options or data); False deletes them and starts over.
+        device: where to compute (default: the model's device; under torchrun with CUDA, the local GPU).
+        amp: run the model's forward under autocast (bfloat16, or float16 on GPUs without bf16).
+        channels_last: channels-last model and inputs (faster convolutions on GPUs).
+        compile: ``torch.compile`` the model.
+        evaluate: also store each image's Deletion and Insertion AUC (``sf.metrics.deletion_insertion``
+            with its defaults) in the shards.
+        dtype: storage dtype of the maps, "float32" or "float16".
+        progress: a tqdm bar (images/s, ETA) on rank 0.
+
+    Returns:
+        the manifest (also in ``out_dir/manifest.json``).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    batch_size = _check_positive(batch_size, "batch_size")
+    shard_size = _check_positive(shard_size, "shard_size")
+    if dtype not in STORAGE_DTYPES:
+        raise ValueError(f"dtype must be one of {tuple(STORAGE_DTYPES)}, got {dtype!r}")
+    method_name = method.lower() if isinstance(method, str) else method
+    options = dict(method_options or {})
+    parameters = method_parameters(method_name, model, **options)
+    out_dir = Path(out_dir)
+    source = _open_source(data)
+
+    processes = _Processes()
+    try:
+        device = _resolve_device(model, device, processes)
+        model.to(device)
+        shape = _reference_shape(source)
+        amp_dtype = _amp_dtype(device) if amp else None
+        identity = {
+            "method": method_name, "method_parameters": parameters,
+            "model": {"class": type(model).__qualname__, "sha256": model_fingerprint(model)},
+            "input": {"source": source.description, "count": len(source), "shape": list(shape),
+                      "sha256": source.fingerprint()},
+            "shard_size": shard_size, "dtype": dtype, "amp": str(amp_dtype).replace("torch.", "") if amp else False,
+            "evaluate": bool(evaluate),
+        }
+        manifest = _prepare(out_dir, identity, resume, processes)
+        ranges = _shard_ranges(len(source), shard_size)
+        pending = [i for i in range(len(ranges)) if not (out_dir / SHARD_PATTERN.format(i)).is_file()]
+        processes.barrier()  # everyone has listed the finished shards before any new one appears
+        mine = pending[processes.rank :: processes.world]
+
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+        run_model = _RunModel(model, amp_dtype, channels_last, compile) if (amp or channels_last or compile) else model
+        attribution = _build_method(method_name, run_model, model, options)
+        from tqdm import tqdm
+
+        todo = sum(ranges[i][1] - ranges[i][0] for i in mine)
+        with tqdm(total=todo, unit="img", desc=f"{method_name} rank {processes.rank}/{processes.world}"
+                  if processes.active else method_name, disable=not progress or processes.rank != 0,
+                  dynamic_ncols=True) as bar:
+            runner = _Runner(attribution, run_model, device, batch_size, STORAGE_DTYPES[dtype], evaluate, bar)
+            for index in mine:
+                start, stop = ranges[index]
+                record = runner.shard(source, index, start, stop, shape)
+                record["rank"] = processes.rank
+                _atomic_write(out_dir / SHARD_PATTERN.format(index), lambda handle: torch.save(record, handle))
+        processes.barrier()
+        if processes.rank == 0:
+            manifest = _finalize(out_dir, manifest, ranges, device, batch_size, runner.batch_size, channels_last,
+                                 compile, processes.world)
+        processes.barrier()
+        return manifest if processes.rank == 0 else _read_manifest(out_dir)
+    finally:
+        processes.close()
+
+
+def _prepare(out_dir: Path, identity: dict, resume: bool, processes: _Processes) -> dict:
+    """Check an existing manifest against this run (every rank, so all raise alike), then let rank 0
+    clear or create the folder and write the manifest."""
+    existing = _read_manifest(out_dir) if out_dir.is_dir() else None
+    if resume and existing is not None:
+        differences = _identity_differences(existing["identity"], identity)
+        if differences:
+            raise ValueError(
+                f"{out_dir} holds attributions of a different run; these differ: {'; '.join(differences)}. "
+                "Use a new out_dir, or resume=False (CLI: --no-resume) to overwrite it.")
+    stray = sorted(out_dir.glob("shard-*.pt")) if out_dir.is_dir() else []
+    if resume and existing is None and stray:
+        raise ValueError(f"{out_dir} holds shard files but no {MANIFEST_NAME}; it was not written by "
+                         "attribute_dataset. Use a new out_dir, or resume=False to overwrite it.")
+    processes.barrier()  # all ranks have read the old manifest before rank 0 touches the folder
+    from . import __version__
+
+    manifest = {
+        "format": FORMAT_VERSION, "package": "saliency_fast", "version": __version__, "torch": torch.__version__,
+        "identity": identity, "complete": False,
+    }
+    if processes.rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for leftover in out_dir.glob(".shard-*.pt.tmp-*"):  # files of a killed run, never renamed into place
+            leftover.unlink()
+        if not resume:
+            for path in stray:
+                path.unlink()
+        _write_manifest(out_dir, manifest)
+    processes.barrier()
+    return manifest
+
+
+def _finalize(out_dir, manifest, ranges, device, batch_size, final_batch_size, channels_last, compiled, world) -> dict:
+    """Rank 0, after every rank finished: the shard index and the skipped images into the manifest."""
+    shards, skipped = [], []
+    for index, (start, stop) in enumerate(ranges):
+        record = _load_shard(out_dir / SHARD_PATTERN.format(index), mmap=True)
+        shards.append({"index": index, "file": SHARD_PATTERN.format(index), "start": start, "stop": stop,
+                       "images": int(record["indices"].numel()), "skipped": len(record["skipped"])})
+        skipped.extend({"index": entry[0], "reason": entry[1], **({"name": entry[2]} if len(entry) > 2 else {})}
+                       for entry in record["skipped"])
+    manifest = {**manifest, "complete": True, "shards": shards, "skipped": skipped,
+                "settings": {"device": str(device), "batch_size": batch_size, "final_batch_size_rank0": final_batch_size,
+                             "channels_last": bool(channels_last), "compile": bool(compiled), "processes": world}}
+    _write_manifest(out_dir, manifest)
+    return manifest
+
+
+# ==============================================================================================
+# reading back
+# ==============================================================================================
+@dataclass
+class AttributionSet:
+    """Everything ``attribute_dataset`` stored, in dataset order (N = number of items).
+
+    ``maps`` (N, H, W) in the storage dtype, NaN at skipped indices; ``targets`` (N,) the explained
+    class, −1 where skipped; ``valid`` (N,) bool; ``deletion_auc`` / ``insertion_auc`` (N,) float32
+    with NaN where skipped (None without ``evaluate``); ``skipped`` [{"index", "reason", ...}].
+    """
+
+    maps: Tensor
+    targets: Tensor
+    valid: Tensor
+    deletion_auc: Optional[Tensor]
+    insertion_auc: Optional[Tensor]
+    skipped: List[dict]
+    manifest: dict
+
+
+def load_attributions(out_dir: Union[str, os.PathLike], details: bool = False) -> Union[Tensor, AttributionSet]:
+    """The maps of a finished ``attribute_dataset`` run as one (N, H, W) tensor in dataset order
+    (NaN rows at skipped images); ``details=True`` returns an :class:`AttributionSet`."""
+    out_dir = Path(out_dir)
+    manifest = _read_manifest(out_dir)
+    if manifest is None:
+        raise FileNotFoundError(f"{out_dir / MANIFEST_NAME} not found; is {out_dir} an attribute_dataset output folder?")
+    identity = manifest["identity"]
+    count = identity["input"]["count"]
+    ranges = _shard_ranges(count, identity["shard_size"])
+    missing = [i for i in range(len(ranges)) if not (out_dir / SHARD_PATTERN.format(i)).is_file()]
+    if missing:
+        raise ValueError(f"{out_dir} is incomplete: {len(missing)} of {len(ranges)} shards missing (first: "
+                         f"{SHARD_PATTERN.format(missing[0])}); run attribute_dataset again with resume=True to finish")
+    records = [_load_shard(out_dir / SHARD_PATTERN.format(i)) for i in range(len(ranges))]
+    map_shape = next((tuple(r["maps"].shape[1:]) for r in records if r["indices"].numel()), tuple(identity["input"]["shape"][1:]))
+    maps = torch.full((count, *map_shape), float("nan"), dtype=STORAGE_DTYPES[identity["dtype"]])
+    targets = torch.full((count,), -1, dtype=torch.long)
+    scores = {key: torch.full((count,), float("nan")) for key in ("deletion_auc", "insertion_auc")} \
+        if identity["evaluate"] else {}
+    skipped = []
+    for record in records:
+        indices = record["indices"]
+        maps[indices] = record["maps"]
+        targets[indices] = record["targets"]
+        for key, values in scores.items():
+            values[indices] = record[key] if key in record else values[indices]
+        skipped.extend({"index": e[0], "reason": e[1], **({"name": e[2]} if len(e) > 2 else {})}
+                       for e in record["skipped"])
+    if not details:
+        return maps
+    return AttributionSet(maps=maps, targets=targets, valid=targets >= 0, deletion_auc=scores.get("deletion_auc"),
+                          insertion_auc=scores.get("insertion_auc"), skipped=skipped, manifest=manifest)
