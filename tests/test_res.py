@@ -373,3 +373,13 @@ def test_registered_in_methods():
     assert isinstance(REGISTRY["res-g"](), RES) and REGISTRY["res-g"]().variant == "G"
     assert REGISTRY["res-l"]().variant == "L"
     assert isinstance(REGISTRY["gradia"](), GRADIA) and isinstance(REGISTRY["haics"](), HAICS)
+
+
+@pytest.mark.parametrize("make", METHODS)
+def test_autocast_keeps_losses_finite(make):
+    """Under autocast (bfloat16 on CPU) the maps are cast to float32 for the losses; HAICS's BCE runs
+    outside autocast (CUDA refuses binary_cross_entropy under autocast)."""
+    x, y, positive, negative, has = make_batch()
+    history = fit(Tiny(), make(), [(x.float(), y, positive, negative, has)], epochs=1, progress=False,
+                  amp=True)
+    assert math.isfinite(history[-1]["loss"]) and math.isfinite(history[-1]["exp"])
