@@ -259,3 +259,33 @@ def test_model_on_another_device_is_reported():
     model = relu_cnn().to("meta")
     with pytest.raises(ValueError, match="model is on meta"):
         sf.SAMP(model).attribute(torch.rand(1, 1, 8, 8, dtype=torch.float64))
+
+
+def test_the_step_loop_never_synchronises():
+    """Ops that would block on a GPU (.item(), nonzero, ...) happen only in set-up, never per step."""
+    from collections import Counter
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    syncing = {"aten._local_scalar_dense.default", "aten.nonzero.default", "aten.item.default",
+               "aten.is_nonzero.default", "aten.masked_select.default", "aten.equal.default"}
+
+    class CountSyncs(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.counts = Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if str(func) in syncing:
+                self.counts[str(func)] += 1
+            return func(*args, **(kwargs or {}))
+
+    model = relu_cnn()
+    x = torch.rand(3, 1, 8, 8, dtype=torch.float64)
+    totals = []
+    for pixels_per_step in (32, 2):  # 2 vs 32 steps per path
+        with CountSyncs() as mode:
+            result = sf.SAMP.plus(model, pixels_per_step=pixels_per_step).attribute_paths(x, scores=False)
+        totals.append(sum(mode.counts.values()))
+        assert result.model_calls > 0
+    assert totals[0] == totals[1]
