@@ -242,23 +242,22 @@ attribute_dataset(digits_cnn(), sys.argv[1], "ig", sys.argv[2], batch_size=8, sh
 """
 
 
-def test_two_processes_equal_one(images, tmp_path):
+def test_two_processes_equal_one(model, images, tmp_path):
     torch.save(images, tmp_path / "data.pt")
     (tmp_path / "job.py").write_text(TORCHRUN_SCRIPT)
-    outputs = {}
-    for processes in (1, 2):
-        out = tmp_path / f"p{processes}"
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
-                   str(tmp_path / "job.py"), str(tmp_path / "data.pt"), str(out)]
-        completed = subprocess.run(command, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-                                   capture_output=True, text=True, timeout=300)
-        assert completed.returncode == 0, completed.stderr[-3000:]
-        outputs[processes] = load_attributions(out, details=True)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(tmp_path / "job.py"), str(tmp_path / "data.pt"), str(tmp_path / "p2")]
+    completed = subprocess.run(command, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                               capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    two = load_attributions(tmp_path / "p2", details=True)
     ranks = {int(torch.load(path, weights_only=True)["rank"]) for path in shard_files(tmp_path / "p2")}
     assert ranks == {0, 1}  # both processes wrote shards
-    assert outputs[2].manifest["settings"]["processes"] == 2
-    assert torch.equal(outputs[1].maps, outputs[2].maps)
-    assert torch.equal(outputs[1].targets, outputs[2].targets)
+    assert two.manifest["settings"]["processes"] == 2 and two.manifest["complete"]
+    run(model, tmp_path / "data.pt", tmp_path / "p1", method="ig", method_options={"n_steps": 4})
+    one = load_attributions(tmp_path / "p1", details=True)
+    assert torch.equal(one.maps, two.maps)
+    assert torch.equal(one.targets, two.targets)
 
 
 # --- out of memory ------------------------------------------------------------------------------
@@ -317,3 +316,27 @@ def test_make_method_and_bad_arguments(model, images, tmp_path):
         run(model, tmp_path / "missing.pt", tmp_path / "out")
     with pytest.raises(ValueError, match=r"shape \(N, C, H, W\)"):
         run(model, torch.zeros(4, 32), tmp_path / "out")
+
+
+# --- command line -------------------------------------------------------------------------------
+def test_cli_attribute_matches_the_api(model, images, tmp_path, capsys):
+    from saliency_fast.cli import main
+
+    torch.save(images[:20], tmp_path / "data.pt")
+    torch.save(model.state_dict(), tmp_path / "weights.pt")
+    common = ["--data", str(tmp_path / "data.pt"), "--batch-size", "8", "--shard-size", "16", "--no-progress"]
+    assert main(["attribute", "--model", "digits", "--method", "ig", "--option", "n_steps=4", "--evaluate",
+                 "--out", str(tmp_path / "cli"), *common]) == 0
+    assert "20 maps in 2 shards" in capsys.readouterr().err
+    assert main(["attribute", "--model", "saliency_fast.models:DigitsCNN", "--weights", str(tmp_path / "weights.pt"),
+                 "--method", "ig", "--option", "n_steps=4", "--out", str(tmp_path / "factory"),
+                 "--dtype", "float16", *common]) == 0
+    run(model, images[:20], tmp_path / "api", method="ig", method_options={"n_steps": 4}, evaluate=True)
+    cli, api = load_attributions(tmp_path / "cli", details=True), load_attributions(tmp_path / "api", details=True)
+    assert torch.equal(cli.maps, api.maps) and torch.equal(cli.insertion_auc, api.insertion_auc)
+    torch.testing.assert_close(load_attributions(tmp_path / "factory").float(), api.maps, rtol=1e-3, atol=1e-4)
+    # a different method into the same folder is refused with exit status 2 and the reason
+    assert main(["attribute", "--model", "digits", "--method", "saliency", "--out", str(tmp_path / "cli"), *common]) == 2
+    assert 'method (saved "ig", now "saliency")' in capsys.readouterr().err
+    assert main(["attribute", "--model", "nomodule", "--method", "saliency", "--out", str(tmp_path / "x"), *common]) == 2
+    assert "module:factory" in capsys.readouterr().err

@@ -1,0 +1,100 @@
+"""`saliency-fast attribute`: attribution maps for a whole dataset, in resumable shards.
+
+    saliency-fast attribute --model digits --data images/ --method ig --out maps/ [--evaluate]
+    torchrun --nproc_per_node 2 -m saliency_fast attribute ...      # shards split across processes
+
+``--model digits`` is the bundled digits CNN (``--weights`` replaces its bundled weights);
+``--model package.module:factory`` calls ``factory()`` for an nn.Module and loads ``--weights``
+(a state_dict, loaded with weights_only=True) into it. Rerunning the same command resumes.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+
+import torch
+from torch import nn
+
+from ..dataset import METHOD_NAMES, STORAGE_DTYPES, attribute_dataset
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "attribute", help="attribute every image of a dataset; write resumable shards and a manifest",
+        description="Attribute every image of a dataset (a .pt/.npy file or an image folder) and write the maps "
+                    "as shard files plus manifest.json. Rerun the same command to resume after an interruption; "
+                    "run it under torchrun to split the shards across processes.")
+    parser.add_argument("--model", required=True,
+                        help="'digits' (the bundled digits CNN) or 'module:factory' (factory() returns an nn.Module)")
+    parser.add_argument("--weights", help="a state_dict file for the model (loaded with weights_only=True)")
+    parser.add_argument("--data", required=True, help="a .pt or .npy file of (N, C, H, W) images, or an image folder")
+    parser.add_argument("--method", required=True, choices=METHOD_NAMES, help="attribution method")
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="a method option, VALUE parsed as JSON when it can be (e.g. --option n_steps=16); repeatable")
+    parser.add_argument("--out", required=True, help="output folder (shards + manifest.json)")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per attribution call (default 64; "
+                        "reduced automatically on out-of-memory)")
+    parser.add_argument("--shard-size", type=int, default=1024, help="images per shard file (default 1024)")
+    parser.add_argument("--dtype", choices=tuple(STORAGE_DTYPES), default="float32", help="storage dtype of the maps")
+    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cpu, or the local GPU under torchrun)")
+    parser.add_argument("--evaluate", action="store_true", help="also store Deletion/Insertion AUCs per image")
+    parser.add_argument("--amp", action="store_true", help="run the model under autocast (bfloat16/float16)")
+    parser.add_argument("--channels-last", action="store_true", help="channels-last memory format")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--no-resume", action="store_true", help="delete earlier results in --out and start over")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def parse_options(pairs) -> dict:
+    options = {}
+    for pair in pairs:
+        key, separator, value = pair.partition("=")
+        if not separator or not key:
+            raise ValueError(f"--option must be KEY=VALUE, got {pair!r}")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value  # a plain string such as a layer name
+    return options
+
+
+def load_model(spec: str, weights: str | None) -> nn.Module:
+    if spec == "digits":
+        from ..models import digits_cnn
+
+        model = digits_cnn(pretrained=weights is None)
+    else:
+        module_name, separator, factory_name = spec.partition(":")
+        if not separator or not module_name or not factory_name:
+            raise ValueError(f"--model must be 'digits' or 'module:factory', got {spec!r}")
+        factory = getattr(importlib.import_module(module_name), factory_name, None)
+        if not callable(factory):
+            raise ValueError(f"--model {spec}: {module_name} has no callable {factory_name!r}")
+        model = factory()
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"--model {spec}: {factory_name}() returned a {type(model).__name__}, not an nn.Module")
+    if weights is not None:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+            state = state["state_dict"]
+        model.load_state_dict(state)
+    return model.eval()
+
+
+def run(args) -> int:
+    model = load_model(args.model, args.weights)
+    manifest = attribute_dataset(
+        model, args.data, args.method, args.out, batch_size=args.batch_size, shard_size=args.shard_size,
+        resume=not args.no_resume, device=args.device, amp=args.amp, channels_last=args.channels_last,
+        compile=args.compile, evaluate=args.evaluate, method_options=parse_options(args.option), dtype=args.dtype,
+        progress=not args.no_progress)
+    if int(os.environ.get("RANK", "0")) == 0:  # one report under torchrun
+        images = sum(shard["images"] for shard in manifest["shards"])
+        print(f"{images} maps in {len(manifest['shards'])} shards under {args.out}; "
+              f"{len(manifest['skipped'])} images skipped", file=sys.stderr)
+        for entry in manifest["skipped"][:20]:
+            print(f"  skipped {entry['index']}: {entry['reason']}", file=sys.stderr)
+    return 0
