@@ -178,3 +178,22 @@ def test_ddp_two_gloo_processes_match_one_process(tmp_path, method_name):
     for name, tensor in model.state_dict().items():
         torch.testing.assert_close(distributed["model"][name], tensor, rtol=1e-5, atol=1e-6, msg=name)
     assert distributed["loss"] == pytest.approx(history["loss"], rel=1e-5)
+
+
+def test_cli_trains_on_user_data_and_writes_outputs(tmp_path, capsys):
+    import numpy as np
+
+    from saliency_fast.cli import main
+
+    x, y = tiny_data(32)
+    np.savez(tmp_path / "data.npz", x_train=x.numpy(), y_train=y.numpy())
+    out = tmp_path / "run"
+    code = main(["train", "scaat", "--data", str(tmp_path / "data.npz"), "--epochs", "2", "--batch-size", "16",
+                 "--epsilon", "0.1", "--steps", "1", "--warmup-epochs", "1", "--out", str(out), "--no-progress",
+                 "--set", "rho=0.2"])
+    assert code == 0
+    assert {"last.pt", "log.jsonl", "model.pt", "gradient_maps.png"} <= {p.name for p in out.iterdir()}
+    assert len((out / "log.jsonl").read_text().splitlines()) == 2
+    assert "rho=0.2" in capsys.readouterr().out
+    assert main(["train", "plain", "--data", str(tmp_path / "data.npz"), "--rho", "0.1"]) == 2  # plain takes no rho
+    assert "does not take rho" in capsys.readouterr().err
