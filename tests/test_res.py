@@ -383,3 +383,31 @@ def test_autocast_keeps_losses_finite(make):
     history = fit(Tiny(), make(), [(x.float(), y, positive, negative, has)], epochs=1, progress=False,
                   amp=True)
     assert math.isfinite(history[-1]["loss"]) and math.isfinite(history[-1]["exp"])
+
+
+def _ddp_res_l_worker(rank, world, init_file, out_dir):
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        model = Tiny()
+        method = RES("L")
+        x, y, positive, negative, has = make_batch(batch=6, seed=rank)  # different data per rank: Φ grads differ
+        loader = [(x.float(), y, positive, negative, has)] * 2
+        fit(model, method, loader, 2, optimizer=torch.optim.SGD(list(model.parameters()) + method.parameters(), lr=0.5),
+            progress=False)
+        torch.save({"phi": method.projector.weight.detach(), "model": model.state_dict()}, f"{out_dir}/rank{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_ddp_keeps_projector_in_sync(tmp_path):
+    """Φ lives outside the DDP-wrapped model: its gradients are averaged across processes by hooks,
+    so every rank keeps the same Φ (and DDP keeps the same model)."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_ddp_res_l_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    first, second = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    torch.testing.assert_close(first["phi"], second["phi"], rtol=0, atol=0)
+    for name in first["model"]:
+        torch.testing.assert_close(first["model"][name], second["model"][name], rtol=0, atol=0)
