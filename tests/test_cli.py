@@ -1,0 +1,41 @@
+"""The demo and explain subcommands end to end (small), and CLI error handling."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from saliency_fast.cli import main
+
+
+def test_demo_writes_the_grid_and_prints_the_table(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--images", "2"]) == 0
+    out = capsys.readouterr().out
+    assert os.path.getsize(tmp_path / "demo.png") > 10_000
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith(("SAMP", "gradient"))}
+    assert set(rows) == {"gradient", "SAMP", "SAMP++"}
+    assert float(rows["SAMP++"][1]) >= 0 and int(rows["SAMP++"][2]) > 50  # IC: at least ~n_frag steps per path
+
+
+def test_explain_saves_maps_for_user_images(tmp_path, capsys):
+    images = torch.rand(3, 1, 32, 32)
+    torch.save(images, tmp_path / "images.pt")
+    code = main(["explain", "--images", str(tmp_path / "images.pt"), "--method", "saliency", "--out",
+                 str(tmp_path / "out"), "--target", "3"])
+    assert code == 0
+    saved = torch.load(tmp_path / "out" / "maps.pt", weights_only=True)
+    assert saved["maps"].shape == (3, 32, 32) and bool(torch.isfinite(saved["maps"]).all())
+    assert (tmp_path / "out" / "explain.png").exists()
+
+
+def test_errors_are_reported_not_raised(tmp_path, capsys):
+    assert main(["explain", "--images", str(tmp_path / "missing.pt"), "--out", str(tmp_path)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["demo", "--images", "0", "--out", str(tmp_path)]) == 2
+
+
+def test_module_entry_point_prints_the_version():
+    out = subprocess.run([sys.executable, "-m", "saliency_fast", "--version"], capture_output=True, text=True,
+                         check=True).stdout
+    assert "saliency_fast 0.1.0" in out and "'cpu'" in out
