@@ -8,8 +8,8 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from ._native import build_info, native_available
-from . import data, models, ops, references
+from . import data, metrics, models, ops, references, train
 from .methods import *  # noqa: F401,F403
 from .methods import __all__ as _methods_all
 
-__all__ = ["build_info", "native_available", "data", "models", "ops", "references", *_methods_all]
+__all__ = ["build_info", "native_available", "data", "metrics", "models", "ops", "references", "train", *_methods_all]
