@@ -12,9 +12,12 @@
 namespace saliency_fast {
 namespace curve {
 
+// Whether a pixel of rank `rank` is already replaced once `count` ranked pixels are.
+SF_HOST_DEVICE bool is_replaced(int64_t rank, int64_t count) { return rank < count; }
+
 template <typename T>
 SF_HOST_DEVICE T curve_value(T start, T finish, int64_t rank, int64_t count) {
-  return rank < count ? finish : start;
+  return is_replaced(rank, count) ? finish : start;
 }
 
 }  // namespace curve

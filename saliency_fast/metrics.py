@@ -55,7 +55,11 @@ __all__ = [
 ]
 
 PATHS = ("deletion", "insertion")
-MAX_BATCH_ELEMENTS = 2**24  # default chunk: at most 16M input elements (64 MB in float32) per model call
+# default chunk: input elements per model call. On CPU a batch whose activations stay in cache
+# is fastest (the digits CNN on a 2 MB-L2 core, CPU time for the same images: 64 images of
+# 32×32 a call 1.0, 32 1.04, 16 1.23, 128 1.42, 4096 ~2), so 64K elements (256 KB in float32);
+# on accelerators 16M (64 MB), large batches to fill the device.
+MAX_BATCH_ELEMENTS = {"cpu": 2**16, "accelerator": 2**24}
 GINI_EPSILON = 1e-7  # added to |a| before the Gini index, as in Quantus Sparseness
 
 
@@ -70,8 +74,10 @@ def default_pixels_per_step(height: int, width: int) -> int:
 
 
 def default_max_batch(inputs: Tensor) -> int:
-    """The most images per model call whose inputs hold at most 16M elements (at least one)."""
-    return max(1, MAX_BATCH_ELEMENTS // max(1, inputs[0].numel()))
+    """The most images per model call whose inputs hold at most 64K elements on CPU, 16M on an
+    accelerator (at least one): 64 images of 1×32×32 on CPU, 111 of 3×224×224 on a GPU."""
+    budget = MAX_BATCH_ELEMENTS["cpu" if inputs.device.type == "cpu" else "accelerator"]
+    return max(1, budget // max(1, inputs[0].numel()))
 
 
 def _check_positive_int(value, name: str) -> int:
@@ -230,8 +236,9 @@ def _score_path(model, start, finish, ranks, counts, target, score, max_batch) -
         b, s, classes = logits.shape
         flat = logits.reshape(b * s, classes)
         chunk_target = target[images].repeat_interleave(s)
-        scores[images, steps] = score_outputs(flat, chunk_target, score).view(b, s)
-        probabilities[images, steps] = score_outputs(flat, chunk_target, "probability").view(b, s)
+        probability = score_outputs(flat, chunk_target, "probability").view(b, s)
+        probabilities[images, steps] = probability
+        scores[images, steps] = probability if score == "probability" else score_outputs(flat, chunk_target, score).view(b, s)
     return scores, probabilities
 
 
@@ -257,8 +264,8 @@ def deletion_insertion(
     blur of the inputs) and copies the ranked pixels of the inputs back in.
     ``pixels_per_step`` defaults to ``default_pixels_per_step(H, W)``. ``score`` is the curve's
     score ("logit", "probability", "log_probability"); the probability curves are recorded
-    too. ``max_batch`` bounds the images per model call (default ``default_max_batch``: 16M
-    input elements). ``paths`` selects deletion and/or insertion. Constant maps raise unless
+    too. ``max_batch`` bounds the images per model call (default ``default_max_batch``: 64K
+    input elements on CPU, 16M on GPU). ``paths`` selects deletion and/or insertion. Constant maps raise unless
     ``allow_constant`` (then they rank pixels by flat index).
     """
     _validate_model_inputs(model, inputs)
