@@ -147,8 +147,31 @@ def test_evaluate_matches_a_manual_count():
     assert result["loss"] == pytest.approx(float(nn.functional.cross_entropy(logits, y)), rel=1e-5)
 
 
+class LearnedTemperature(train.TrainingMethod):
+    """A method with its own learnable parameter (as RES-L's Φ): CE of logits / exp(t)."""
+
+    name = "temperature"
+
+    def __init__(self):
+        self.log_t = torch.nn.Parameter(torch.zeros(()))
+
+    def parameters(self):
+        return [self.log_t]
+
+    def state_dict(self):
+        return {"log_t": self.log_t.detach().clone()}
+
+    def load_state_dict(self, state):
+        self.log_t.data.copy_(state["log_t"])
+
+    def loss(self, model, batch, epoch):
+        logits = model(batch[0])
+        return MethodOutput(nn.functional.cross_entropy(logits / self.log_t.exp(), batch[1]), logits)
+
+
 DDP_METHODS = {
     "plain": train.Plain,
+    "temperature": LearnedTemperature,
     # deterministic attack (no random start) so that the two runs draw no different random numbers
     "scaat": lambda: train.SCAAT(epsilon=0.1, steps=2, attack_loss="ce", random_start=False, warmup_epochs=0),
 }
@@ -158,11 +181,11 @@ def ddp_worker(rank, world, init_file, method_name, out_file):
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        model = tiny_model()
-        history = train.fit(model, DDP_METHODS[method_name](), tiny_loader(), 2,
-                            optimizer=torch.optim.SGD(model.parameters(), lr=0.2), progress=False)
+        model, method = tiny_model(), DDP_METHODS[method_name]()
+        history = train.fit(model, method, tiny_loader(), 2, progress=False,
+                            optimizer=torch.optim.SGD(list(model.parameters()) + method.parameters(), lr=0.2))
         if rank == 0:
-            torch.save({"model": model.state_dict(), "loss": history["loss"]}, out_file)
+            torch.save({"model": model.state_dict(), "method": method.state_dict(), "loss": history["loss"]}, out_file)
     finally:
         torch.distributed.destroy_process_group()
 
@@ -172,11 +195,14 @@ def test_ddp_two_gloo_processes_match_one_process(tmp_path, method_name):
     out_file = tmp_path / "ddp.pt"
     mp.spawn(ddp_worker, args=(2, str(tmp_path / "init"), method_name, str(out_file)), nprocs=2, join=True)
     distributed = torch.load(out_file, weights_only=True)
-    model = tiny_model()
-    history = train.fit(model, DDP_METHODS[method_name](), tiny_loader(), 2,
-                        optimizer=torch.optim.SGD(model.parameters(), lr=0.2), progress=False)
-    for name, tensor in model.state_dict().items():
-        torch.testing.assert_close(distributed["model"][name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+    model, method = tiny_model(), DDP_METHODS[method_name]()
+    history = train.fit(model, method, tiny_loader(), 2, progress=False,
+                        optimizer=torch.optim.SGD(list(model.parameters()) + method.parameters(), lr=0.2))
+    for name, tensor in {**model.state_dict(), **method.state_dict()}.items():
+        want = distributed["method"][name] if name in distributed["method"] else distributed["model"][name]
+        torch.testing.assert_close(want, tensor, rtol=1e-5, atol=1e-6, msg=name)
+    if method_name == "temperature":
+        assert float(method.log_t) != 0.0  # the method's own parameter was trained
     assert distributed["loss"] == pytest.approx(history["loss"], rel=1e-5)
 
 

@@ -71,6 +71,15 @@ class _Distributed:
             dist.all_reduce(value, op=dist.ReduceOp.SUM)
         return value
 
+    def average_gradients(self, parameters) -> None:
+        """All-reduce the gradients DDP does not see (a method's own parameters, e.g. RES-L's Φ)."""
+        if not self.active:
+            return
+        for parameter in parameters:
+            if parameter.grad is not None:
+                dist.all_reduce(parameter.grad, op=dist.ReduceOp.SUM)
+                parameter.grad /= self.world
+
     def barrier(self) -> None:
         if self.active:
             dist.barrier()
@@ -230,6 +239,7 @@ class _Trainer:
                 raise self.diverged(loss, epoch, batch_index)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
+            self.distributed.average_gradients(self.method.parameters())
             self.scaler.step(self.optimizer)
             self.scaler.update()
             size = batch[0].shape[0]
