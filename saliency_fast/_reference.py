@@ -27,6 +27,7 @@ def samp_step(
     attribution: Tensor,
     active: Tensor,
     active_count: Tensor,
+    step_count: Tensor,
     rows: Tensor,
     bound: Tensor,
     k: int,
@@ -65,6 +66,13 @@ def samp_step(
     grad_avg[rows] = g
     active[rows] = new_act
     active_count[rows] = new_act.flatten(1).sum(dim=1)
+    step_count[rows] = step_count[rows] + (n_active > 0).long()
+
+
+def perturbation_curve(start: Tensor, finish: Tensor, ranks: Tensor, counts: Tensor) -> Tensor:
+    """(B, S, C, H, W): image b with its ``counts[s]`` highest-ranked pixels taken from ``finish``."""
+    replaced = ranks.unsqueeze(1) < counts.view(1, -1, 1, 1)  # (B, S, H, W)
+    return torch.where(replaced.unsqueeze(2), finish.unsqueeze(1), start.unsqueeze(1))
 
 
 # --- SCAAT / Saliency Guided Training ops (scaat.md) -------------------------------------------

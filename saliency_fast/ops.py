@@ -13,12 +13,16 @@ from . import _reference
 from ._native import _C, build_info, warn_fallback_once
 
 
+# Read once: a plain constant keeps the wrappers traceable by torch.compile(fullgraph=True).
+NATIVE_BACKENDS = frozenset(build_info()["backends"])
+
+
 def use_native(tensor: Tensor) -> bool:
     """Whether the compiled op serves this tensor's device."""
     if _C is None:
         warn_fallback_once()
         return False
-    return tensor.device.type in build_info()["backends"]
+    return tensor.device.type in NATIVE_BACKENDS
 
 
 def samp_step(
