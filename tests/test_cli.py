@@ -39,3 +39,19 @@ def test_module_entry_point_prints_the_version():
     out = subprocess.run([sys.executable, "-m", "saliency_fast", "--version"], capture_output=True, text=True,
                          check=True).stdout
     assert "saliency_fast 0.1.0" in out and "'cpu'" in out
+
+
+def test_evaluate_writes_table_csv_json_and_curves(tmp_path, capsys):
+    import json
+
+    code = main(["evaluate", "--count", "3", "--methods", "saliency,ig", "--option", "ig.n_steps=16",
+                 "--out", str(tmp_path)])
+    assert code == 0
+    rows = json.loads((tmp_path / "results.json").read_text())
+    assert [r["method"] for r in rows] == ["saliency", "ig"]
+    ig = rows[1]
+    assert ig["completeness_error"] < 0.05  # Gauss–Legendre IG on a ReLU CNN is nearly complete
+    assert all(r["insertion_auc"] == r["insertion_auc"] and 0 <= r["gini"] <= 1 for r in rows)
+    assert (tmp_path / "curves.png").stat().st_size > 10_000 and (tmp_path / "results.csv").exists()
+    assert "| ig |" in capsys.readouterr().out
+    assert main(["evaluate", "--methods", "lime", "--out", str(tmp_path)]) == 2

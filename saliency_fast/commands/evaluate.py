@@ -1,0 +1,142 @@
+"""`saliency-fast evaluate`: methods × metrics on one model and data set.
+
+Prints a table (Deletion↓, Insertion↑ in the SAMP paper's form, Gini, completeness error, time
+per image), writes results.csv / results.json and a PNG of the mean deletion and insertion
+curves. Default: the bundled digits CNN on the first test digits.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+
+import torch
+from tqdm import tqdm
+
+from .. import metrics
+from ..dataset import METHOD_NAMES, make_method
+from ..methods import SAMP, IntegratedGradients
+from .attribute import load_model, parse_options
+from .explain import load_images
+
+DEFAULT_METHODS = ("saliency", "inputxgradient", "smoothgrad", "ig", "gradcam", "guidedig", "samp", "samp++")
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser("evaluate", help="compare methods on Deletion/Insertion, Gini and completeness")
+    parser.add_argument("--model", default="digits", help="'digits' (bundled CNN) or 'module:factory'")
+    parser.add_argument("--weights", help="a state_dict file for the model (loaded with weights_only=True)")
+    parser.add_argument("--images", help="a .pt/.npy file or image folder (default: the digits test split)")
+    parser.add_argument("--count", type=int, default=64, help="evaluate the first N images (default 64)")
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                        help=f"comma-separated, from {', '.join(METHOD_NAMES)}")
+    parser.add_argument("--pixels-per-step", type=int, help="curve step (default: 10 up to 64×64, else 8·H)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--out", default="out/evaluate", help="output folder (default out/evaluate)")
+    parser.add_argument("--option", action="append", default=[], metavar="METHOD.KEY=VALUE",
+                        help="an option for one method, e.g. ig.n_steps=128")
+    parser.set_defaults(func=run)
+
+
+def method_options(pairs) -> dict:
+    options: dict = {}
+    for pair in pairs:
+        name, separator, rest = pair.partition(".")
+        if not separator:
+            raise ValueError(f"--option must be METHOD.KEY=VALUE, got {pair!r}")
+        options.setdefault(name, {}).update(parse_options([rest]))
+    return options
+
+
+def attribute_with_completeness(method, model, images, target):
+    """Maps and their mean completeness error where the method has a reference path: SAMP (per
+    path, from the same run) and IG (with its baseline); NaN for the others."""
+    if isinstance(method, SAMP):
+        result = method.attribute_paths(images, target)
+        error = torch.stack([p.completeness_error for p in result.paths.values()]).mean()
+        return result.attribution, float(error)
+    maps = method.attribute(images, target)
+    if isinstance(method, IntegratedGradients):
+        error = metrics.completeness_error(maps, model, images, method.baseline_for(images), target=target)
+        return maps, float(error.mean())
+    return maps, float("nan")
+
+
+def evaluate_method(name, method, model, images, target, pixels_per_step):
+    start = time.perf_counter()
+    maps, completeness_error = attribute_with_completeness(method, model, images, target)
+    seconds = time.perf_counter() - start
+    scores = metrics.deletion_insertion(model, images, maps, target=target, pixels_per_step=pixels_per_step,
+                                        allow_constant=True)
+    row = {
+        "method": name,
+        "deletion_auc": float(scores.deletion_auc.mean()),
+        "insertion_auc": float(scores.insertion_auc.mean()),
+        "deletion_auc_prob": float(scores.deletion_auc_prob.mean()),
+        "insertion_auc_prob": float(scores.insertion_auc_prob.mean()),
+        "gini": float(metrics.gini(maps).mean()),
+        "completeness_error": completeness_error,
+        "seconds_per_image": seconds / images.shape[0],
+    }
+    curves = (scores.deletion_curve / scores.deletion_curve[:, :1], scores.insertion_curve / scores.insertion_curve[:, -1:])
+    return row, [c.mean(0).cpu() for c in curves]
+
+
+def write_outputs(rows, curves, out):
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "results.csv"), "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    with open(os.path.join(out, "results.json"), "w") as handle:
+        json.dump(rows, handle, indent=2)
+    from ..viz import _pyplot
+
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for name, (deletion, insertion) in curves.items():
+        x = torch.linspace(0, 1, deletion.numel())
+        axes[0].plot(x, deletion, label=name)
+        axes[1].plot(x, insertion, label=name)
+    for axis, title in zip(axes, ("Deletion (score / score of x) ↓", "Insertion (score / score of x) ↑")):
+        axis.set_title(title)
+        axis.set_xlabel("fraction of pixels perturbed")
+        axis.grid(alpha=0.3)
+    axes[1].legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(os.path.join(out, "curves.png"), dpi=120)
+    plt.close(figure)
+
+
+def format_table(rows) -> str:
+    lines = ["| method | Deletion ↓ | Insertion ↑ | Deletion (prob AUC) ↓ | Insertion (prob AUC) ↑ | Gini ↑ | "
+             "completeness error | ms / image |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        complete = "—" if r["completeness_error"] != r["completeness_error"] else f"{r['completeness_error']:.3f}"
+        lines.append(f"| {r['method']} | {r['deletion_auc']:.3f} | {r['insertion_auc']:.3f} | "
+                     f"{r['deletion_auc_prob']:.3f} | {r['insertion_auc_prob']:.3f} | {r['gini']:.3f} | {complete} | "
+                     f"{1e3 * r['seconds_per_image']:.1f} |")
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    names = [n.strip() for n in args.methods.split(",") if n.strip()]
+    unknown = [n for n in names if n not in METHOD_NAMES]
+    if unknown or not names:
+        raise ValueError(f"--methods: unknown {unknown}; choose from {', '.join(METHOD_NAMES)}")
+    options = method_options(args.option)
+    device = torch.device(args.device)
+    model = load_model(args.model, args.weights).to(device)
+    images = load_images(args.images, args.model, args.count).to(device)
+    with torch.no_grad():
+        target = model(images).argmax(1)
+    rows, curves = [], {}
+    for name in tqdm(names, desc="evaluate", unit="method"):
+        method = make_method(name, model, **options.get(name, {}))
+        row, curves[name] = evaluate_method(name, method, model, images, target, args.pixels_per_step)
+        rows.append(row)
+    write_outputs(rows, curves, args.out)
+    print(format_table(rows))
+    print(f"wrote {args.out}/results.csv, results.json, curves.png")
+    return 0
