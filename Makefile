@@ -47,7 +47,7 @@ cuda-check:
 	rm -rf build-cuda && git clone -q . build-cuda
 	cd build-cuda && CUDA_HOME=$(CUDA_HOME) FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="9.0" MAX_JOBS=2 \
 		../$(CUDA_VENV)/bin/python setup.py -q build_ext --inplace
-	cd build-cuda && ../$(CUDA_VENV)/bin/python scripts/check_cuda_build.py
+	cd build-cuda && PYTHONPATH=. ../$(CUDA_VENV)/bin/python scripts/check_cuda_build.py
 	cd build-cuda && SALIENCY_FAST_REQUIRE_NATIVE=1 ../$(CUDA_VENV)/bin/python -m pytest -q tests
 
 clean:

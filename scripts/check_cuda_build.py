@@ -9,8 +9,7 @@ info = sf.build_info()
 print("build:", {k: v for k, v in info.items() if k != "parallel"})
 if "cuda" not in info.get("backends", []):
     sys.exit("the extension was built without CUDA")
-ops = [name for name in dir(torch.ops.saliency_fast) if not name.startswith("_")]
-ops = [name for name in ops if isinstance(getattr(torch.ops.saliency_fast, name), torch._ops.OpOverloadPacket)]
+ops = sorted({name.split("::")[1] for name in torch._C._dispatch_get_all_op_names() if name.startswith("saliency_fast::")})
 missing = [name for name in ops if not torch._C._dispatch_has_kernel_for_dispatch_key(f"saliency_fast::{name}", "CUDA")]
 print("ops:", ", ".join(sorted(ops)))
 if not ops or missing:
