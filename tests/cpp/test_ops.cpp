@@ -45,11 +45,13 @@ void test_samp_step_moves_the_lowest_projection() {
   expect(steps.item<int64_t>() == 1, "the step is counted");
   expect(!active.view(-1)[3].item<bool>(), "the moved pixel is inactive");
 
-  // IC: with bound 1 the step moves 1/4 of the way (|delta| = 4).
+  // IC: next, pixel 1 (proj −2, |delta| = 2) is chosen; bound 1 moves it half way, 2 → 1.
   bound.fill_(1.0);
   op.call(point, end, grad, grad_avg, attribution, active, count, steps, rows, bound, 1, 1.0, false,
           false, 1e-8, 1e-5);
-  expect(std::abs(point.view(-1)[1].item<double>() - 1.5) < 1e-15, "IC scales the move to the bound");
+  expect(point.view(-1)[1].item<double>() == 1.0, "IC scales the move to the bound");
+  expect(attribution.view(-1)[1].item<double>() == -1.0, "attribution += scale · proj");
+  expect(active.view(-1)[1].item<bool>() && count.item<int64_t>() == 3, "a partial move stays active");
 }
 
 }  // namespace
