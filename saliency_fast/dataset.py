@@ -456,12 +456,14 @@ class _Processes:
 
 def _resolve_device(model: nn.Module, device, processes: _Processes) -> torch.device:
     if device is not None:
-        return torch.device(device)
-    if processes.active and torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", processes.rank % torch.cuda.device_count())))
-    for tensor in list(model.parameters()) + list(model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
+        device = torch.device(device)
+    elif processes.active and torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", processes.rank % torch.cuda.device_count())))
+    else:
+        device = next((t.device for t in list(model.parameters()) + list(model.buffers())), torch.device("cpu"))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL collectives (the barriers) run on the current device
+    return device
 
 
 def _amp_dtype(device: torch.device) -> torch.dtype:
@@ -537,10 +539,13 @@ class _Runner:
             if not pending:
                 break
             chunk = pending[: self.batch_size]
+            out_of_memory = None
             try:
                 result = self._batch(torch.stack([image for _, image in chunk]))
             except torch.OutOfMemoryError as error:
-                self._shrink(error, len(chunk))
+                out_of_memory = str(error)
+            if out_of_memory is not None:  # outside the except block: the failed graph is released
+                self._shrink(out_of_memory, len(chunk))
                 continue
             for key, value in result.items():
                 outputs[key].append(value)
@@ -585,7 +590,7 @@ class _Runner:
             result["insertion_auc"] = scores.insertion_auc.float().cpu()
         return result
 
-    def _shrink(self, error: BaseException, attempted: int) -> None:
+    def _shrink(self, error: str, attempted: int) -> None:
         """After an OOM: halve the batch, make the method's internal passes one batch copy, halve
         the evaluation's images per call. Raise when everything is already at one image."""
         gc.collect()
@@ -596,7 +601,7 @@ class _Runner:
         if attempted == 1 and all(size == 1 for size in pass_sizes) and eval_at_minimum:
             raise torch.OutOfMemoryError(
                 f"out of memory with a single image per model call ({error}); use a device with more memory, "
-                "smaller images, or a smaller model") from error
+                "smaller images, or a smaller model")
         self.batch_size = max(1, attempted // 2)
         for attribute in _PASS_SIZE_ATTRIBUTES:
             if hasattr(self.method, attribute):
@@ -709,6 +714,8 @@ def attribute_dataset(
         processes.barrier()
         return manifest if processes.rank == 0 else _read_manifest(out_dir)
     finally:
+        if channels_last:  # give the caller's model back in its usual layout
+            model.to(memory_format=torch.contiguous_format)
         processes.close()
 
 

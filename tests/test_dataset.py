@@ -70,9 +70,9 @@ def test_every_method_name_runs(model, images, tmp_path):
     options = {"samp": {"pixels_per_step": 64}, "samp++": {"pixels_per_step": 64, "n_frag": 4}, "ig": {"n_steps": 4},
                "smoothgrad": {"n_samples": 2}, "guidedig": {"x_steps": 4}}
     for name in METHOD_NAMES:
-        run(model, images[:4], tmp_path / name, method=name, method_options=options.get(name, {}))
+        run(model, images[:2], tmp_path / name, method=name, method_options=options.get(name, {}))
         maps = load_attributions(tmp_path / name)
-        assert maps.shape == (4, 32, 32) and torch.isfinite(maps).all(), name
+        assert maps.shape == (2, 32, 32) and torch.isfinite(maps).all(), name
 
 
 def test_float16_storage(model, images, tmp_path):
@@ -84,12 +84,12 @@ def test_float16_storage(model, images, tmp_path):
 
 
 def test_evaluate_stores_deletion_insertion(model, images, tmp_path):
-    run(model, images[:12], tmp_path, evaluate=True)
+    x = images[:6]
+    run(model, x, tmp_path, evaluate=True, batch_size=3, shard_size=6)
     result = load_attributions(tmp_path, details=True)
-    x = images[:12]
     target = model(x).argmax(1)
-    direct = [metrics.deletion_insertion(model, x[s : s + BATCH], result.maps[s : s + BATCH], target=target[s : s + BATCH])
-              for s in range(0, 12, BATCH)]
+    direct = [metrics.deletion_insertion(model, x[s : s + 3], result.maps[s : s + 3], target=target[s : s + 3])
+              for s in (0, 3)]
     torch.testing.assert_close(result.deletion_auc, torch.cat([d.deletion_auc for d in direct]))
     torch.testing.assert_close(result.insertion_auc, torch.cat([d.insertion_auc for d in direct]))
 
@@ -325,18 +325,30 @@ def test_cli_attribute_matches_the_api(model, images, tmp_path, capsys):
     torch.save(images[:20], tmp_path / "data.pt")
     torch.save(model.state_dict(), tmp_path / "weights.pt")
     common = ["--data", str(tmp_path / "data.pt"), "--batch-size", "8", "--shard-size", "16", "--no-progress"]
-    assert main(["attribute", "--model", "digits", "--method", "ig", "--option", "n_steps=4", "--evaluate",
+    assert main(["attribute", "--model", "digits", "--method", "ig", "--option", "n_steps=4",
                  "--out", str(tmp_path / "cli"), *common]) == 0
     assert "20 maps in 2 shards" in capsys.readouterr().err
     assert main(["attribute", "--model", "saliency_fast.models:DigitsCNN", "--weights", str(tmp_path / "weights.pt"),
                  "--method", "ig", "--option", "n_steps=4", "--out", str(tmp_path / "factory"),
                  "--dtype", "float16", *common]) == 0
-    run(model, images[:20], tmp_path / "api", method="ig", method_options={"n_steps": 4}, evaluate=True)
+    run(model, images[:20], tmp_path / "api", method="ig", method_options={"n_steps": 4})
     cli, api = load_attributions(tmp_path / "cli", details=True), load_attributions(tmp_path / "api", details=True)
-    assert torch.equal(cli.maps, api.maps) and torch.equal(cli.insertion_auc, api.insertion_auc)
+    assert torch.equal(cli.maps, api.maps) and torch.equal(cli.targets, api.targets)
     torch.testing.assert_close(load_attributions(tmp_path / "factory").float(), api.maps, rtol=1e-3, atol=1e-4)
     # a different method into the same folder is refused with exit status 2 and the reason
     assert main(["attribute", "--model", "digits", "--method", "saliency", "--out", str(tmp_path / "cli"), *common]) == 2
     assert 'method (saved "ig", now "saliency")' in capsys.readouterr().err
     assert main(["attribute", "--model", "nomodule", "--method", "saliency", "--out", str(tmp_path / "x"), *common]) == 2
     assert "module:factory" in capsys.readouterr().err
+
+
+def test_amp_and_channels_last_run_and_are_recorded(model, images, tmp_path):
+    manifest = run(model, images[:8], tmp_path / "amp", amp=True, channels_last=True)
+    assert manifest["identity"]["amp"] == "bfloat16" and manifest["settings"]["channels_last"]
+    run(model, images[:8], tmp_path / "fp32")
+    low, full = load_attributions(tmp_path / "amp"), load_attributions(tmp_path / "fp32")
+    assert torch.isfinite(low).all()
+    correlation = torch.corrcoef(torch.stack([low.flatten(), full.flatten()]))[0, 1]
+    assert correlation > 0.9  # bfloat16 forward: the same maps up to rounding
+    with pytest.raises(ValueError, match="these differ: amp"):
+        run(model, images[:8], tmp_path / "amp")
