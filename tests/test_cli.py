@@ -55,3 +55,17 @@ def test_evaluate_writes_table_csv_json_and_curves(tmp_path, capsys):
     assert (tmp_path / "curves.png").stat().st_size > 10_000 and (tmp_path / "results.csv").exists()
     assert "| ig |" in capsys.readouterr().out
     assert main(["evaluate", "--methods", "lime", "--out", str(tmp_path)]) == 2
+
+
+@pytest.mark.parametrize("method", ["res-g", "res-l"])
+def test_train_res_on_annotated_digits_writes_checkpoint_log_and_figures(tmp_path, method):
+    import json
+
+    out = tmp_path / method
+    code = main(["train", method, "--epochs", "1", "--n-train", "128", "--n-annotated", "32", "--out", str(out),
+                 "--no-progress"])
+    assert code == 0
+    for name in ("last.pt", "log.jsonl", "model.pt", "gradcam_masks.png", "gradient_maps.png"):
+        assert (out / name).stat().st_size > 0, name
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert records and all(r["loss"] == r["loss"] for r in records if "loss" in r)  # logged, finite

@@ -17,7 +17,10 @@ from torch.utils.data import DataLoader, TensorDataset
 METHOD_FLAGS = {
     "epsilon": float, "steps": int, "step_size": float, "budget": str, "rho": float, "k": float, "gamma": float,
     "lam": float, "beta": float, "attack_loss": str, "warmup_epochs": int, "ramp_epochs": int, "fill": str,
+    "eta": float, "weight": float, "form": str, "layer": str, "reg": float,
 }
+# explanation supervision (res.md): loaders yield (x, y, positive_mask, negative_mask, has_mask)
+EXPLANATION_METHODS = ("res-g", "res-l", "gradia", "haics")
 
 
 # tuned on the embedded digits (EXPERIMENTS.md, "SCAAT on digits"); flags override them
@@ -47,6 +50,14 @@ def add_parser(subparsers) -> None:
     group = parser.add_argument_group("method options (passed to the method when it takes them)")
     for name, kind in METHOD_FLAGS.items():
         group.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None)
+    masks = parser.add_argument_group("explanation supervision (res-g, res-l, gradia, haics)")
+    masks.add_argument("--n-train", type=int, default=100, help="digits: training images (default 100)")
+    masks.add_argument("--n-annotated", type=int, default=None, help="digits: how many carry masks (default all)")
+    masks.add_argument("--jitter", type=int, default=0, help="digits: dilate/erode masks by up to this many pixels")
+    masks.add_argument("--incompleteness", type=float, default=0.0, help="digits: share of each mask cut away")
+    masks.add_argument("--decoy", action="store_true", help="digits: class-correlated decoy patches (negative masks)")
+    masks.add_argument("--image-size", type=int, default=32, help="released-format data: resize images to this side")
+    masks.add_argument("--channels", type=int, default=3, choices=(1, 3), help="released-format data: 1 or 3 channels")
     group.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="any other keyword of the method (a Python literal), e.g. --set gamma=2.0")
     parser.set_defaults(func=run)
@@ -129,14 +140,23 @@ def run(args) -> int:
     method = factory(**method_kwargs(factory, args))
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     out = args.out or os.path.join("out", f"train-{args.method}")
-    train_loader, test_loader, channels, size, classes = load_data(args.data, args.batch_size, args.seed)
+    explaining = args.method in EXPLANATION_METHODS
+    if explaining:
+        from ..data.res_format import explanation_loaders
+
+        train_loader, test_loader, channels, size, classes = explanation_loaders(
+            args.data, args.batch_size, args.seed, n_train=args.n_train, n_annotated=args.n_annotated,
+            jitter=args.jitter, incompleteness=args.incompleteness, decoy=args.decoy,
+            image_size=args.image_size, channels=args.channels)
+    else:
+        train_loader, test_loader, channels, size, classes = load_data(args.data, args.batch_size, args.seed)
     torch.manual_seed(args.seed)
     model = DigitsCNN(num_classes=classes, in_channels=channels, image_size=size).to(device)
-    images, labels = next(iter(test_loader))
-    images, labels = images[:8].to(device), labels[:8].to(device)
+    shown = next(iter(test_loader))
+    images, labels = shown[0][:8].to(device), shown[1][:8].to(device)
     before = gradient_maps(model, images, labels)
     print(f"training {method!r} for {args.epochs} epochs on {args.data} ({device})")
-    history = fit(model, method, train_loader, args.epochs, optimizer=torch.optim.Adam(model.parameters(), lr=args.lr),
+    history = fit(model, method, train_loader, args.epochs, optimizer=torch.optim.Adam(list(model.parameters()) + list(method.parameters()), lr=args.lr),
                   val_loader=test_loader, checkpoint_dir=out, resume=not args.no_resume, device=device, amp=args.amp,
                   progress=not args.no_progress)
     torch.save(model.state_dict(), os.path.join(out, "model.pt"))
@@ -144,6 +164,14 @@ def run(args) -> int:
     figure = heatmap_grid(images.cpu(), {"before": normalized(before).cpu(), "after": normalized(after).cpu()},
                           os.path.join(out, "gradient_maps.png"), overlay=False,
                           titles=[f"label {int(y)}" for y in labels.cpu()])
+    if explaining:
+        from ..train.res import evaluate_explanations, save_overlay_figure
+
+        overlays = save_overlay_figure(model, images, shown[2][:8], shown[3][:8], os.path.join(out, "gradcam_masks.png"),
+                                       layer=getattr(method, "layer", None), labels=labels)
+        report = evaluate_explanations(model, test_loader, getattr(method, "layer", None), device)
+        print(json.dumps({"test_" + key: round(value, 4) for key, value in report.items()}))
+        print(f"wrote {overlays}")
     final = evaluate(model, test_loader, device)
     print(json.dumps({"method": args.method, "epochs": len(history), "test_accuracy": round(final["accuracy"], 4),
                       "seconds_per_epoch": round(sum(history["time"]) / max(1, len(history)), 2)}))
