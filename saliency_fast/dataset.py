@@ -71,6 +71,8 @@ _METHODS: Dict[str, Tuple[type, Dict[str, Any]]] = {
     "guidedig": (GuidedIG, {}),
 }
 METHOD_NAMES = tuple(_METHODS)
+# torch >= 2.5 names it torch.OutOfMemoryError; before, only the CUDA alias existed.
+OutOfMemoryError = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 # Options naming a method's internal images-per-pass; shrunk together with the batch on OOM.
 _PASS_SIZE_ATTRIBUTES = ("internal_batch_size", "batch_size")
 
@@ -542,7 +544,7 @@ class _Runner:
             out_of_memory = None
             try:
                 result = self._batch(torch.stack([image for _, image in chunk]))
-            except torch.OutOfMemoryError as error:
+            except OutOfMemoryError as error:
                 out_of_memory = str(error)
             if out_of_memory is not None:  # outside the except block: the failed graph is released
                 self._shrink(out_of_memory, len(chunk))
@@ -599,7 +601,7 @@ class _Runner:
         pass_sizes = [getattr(self.method, a) for a in _PASS_SIZE_ATTRIBUTES if hasattr(self.method, a)]
         eval_at_minimum = not self.evaluate or self.eval_max_batch == 1
         if attempted == 1 and all(size == 1 for size in pass_sizes) and eval_at_minimum:
-            raise torch.OutOfMemoryError(
+            raise OutOfMemoryError(
                 f"out of memory with a single image per model call ({error}); use a device with more memory, "
                 "smaller images, or a smaller model")
         self.batch_size = max(1, attempted // 2)
@@ -680,12 +682,11 @@ def attribute_dataset(
         identity = {
             "method": method_name, "method_parameters": parameters,
             "model": {"class": type(model).__qualname__, "sha256": model_fingerprint(model)},
-            "input": {"source": source.description, "count": len(source), "shape": list(shape),
-                      "sha256": source.fingerprint()},
+            "input": {"count": len(source), "shape": list(shape), "sha256": source.fingerprint()},
             "shard_size": shard_size, "dtype": dtype, "amp": str(amp_dtype).replace("torch.", "") if amp else False,
             "evaluate": bool(evaluate),
         }
-        manifest = _prepare(out_dir, identity, resume, processes)
+        manifest = _prepare(out_dir, identity, resume, processes, source.description)
         ranges = _shard_ranges(len(source), shard_size)
         pending = [i for i in range(len(ranges)) if not (out_dir / SHARD_PATTERN.format(i)).is_file()]
         processes.barrier()  # everyone has listed the finished shards before any new one appears
@@ -719,9 +720,10 @@ def attribute_dataset(
         processes.close()
 
 
-def _prepare(out_dir: Path, identity: dict, resume: bool, processes: _Processes) -> dict:
+def _prepare(out_dir: Path, identity: dict, resume: bool, processes: _Processes, source: str) -> dict:
     """Check an existing manifest against this run (every rank, so all raise alike), then let rank 0
-    clear or create the folder and write the manifest."""
+    clear or create the folder and write the manifest. The data's location (``source``) is recorded
+    but is not part of the identity: the same images moved elsewhere still resume."""
     existing = _read_manifest(out_dir) if out_dir.is_dir() else None
     if resume and existing is not None:
         differences = _identity_differences(existing["identity"], identity)
@@ -738,7 +740,7 @@ def _prepare(out_dir: Path, identity: dict, resume: bool, processes: _Processes)
 
     manifest = {
         "format": FORMAT_VERSION, "package": "saliency_fast", "version": __version__, "torch": torch.__version__,
-        "identity": identity, "complete": False,
+        "identity": identity, "source": source, "complete": False,
     }
     if processes.rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -132,7 +132,12 @@ def test_image_folder_source(model, images, tmp_path):
     run(model, tmp_path / "png", tmp_path / "out")
     run(model, pixels, tmp_path / "tensor")
     assert torch.equal(load_attributions(tmp_path / "out"), load_attributions(tmp_path / "tensor"))
-    assert json.loads((tmp_path / "out" / MANIFEST_NAME).read_text())["identity"]["input"]["source"].startswith("folder")
+    assert json.loads((tmp_path / "out" / MANIFEST_NAME).read_text())["source"].startswith("folder")
+    # the same images moved to another folder resume (the identity is their content, not their path)
+    (tmp_path / "png").rename(tmp_path / "moved")
+    stamps = [path.stat().st_mtime_ns for path in shard_files(tmp_path / "out")]
+    run(model, tmp_path / "moved", tmp_path / "out")
+    assert [path.stat().st_mtime_ns for path in shard_files(tmp_path / "out")] == stamps
 
 
 def test_bad_images_are_reported_by_index_and_skipped(model, images, tmp_path):
