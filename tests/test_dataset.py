@@ -21,6 +21,8 @@ from saliency_fast.dataset import (MANIFEST_NAME, METHOD_NAMES, attribute_datase
 from saliency_fast.models import DigitsCNN, digits_cnn
 
 REPO = Path(__file__).resolve().parents[1]
+# skipped-image and OOM-retry warnings are expected here; the tests that care use pytest.warns
+pytestmark = pytest.mark.filterwarnings("ignore:attribute_dataset:UserWarning")
 BATCH, SHARD = 8, 16
 
 
