@@ -9,7 +9,8 @@ __version__ = "0.1.0"
 
 from ._native import build_info, native_available
 from . import data, metrics, models, ops, references, train
+from .dataset import attribute_dataset, load_attributions, make_method
 from .methods import *  # noqa: F401,F403
 from .methods import __all__ as _methods_all
 
-__all__ = ["build_info", "native_available", "data", "metrics", "models", "ops", "references", "train", *_methods_all]
+__all__ = ["attribute_dataset", "load_attributions", "make_method", "build_info", "native_available", "data", "metrics", "models", "ops", "references", "train", *_methods_all]

@@ -48,6 +48,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from .methods import GradCAM, GuidedIG, InputXGradient, IntegratedGradients, SAMP, Saliency, SmoothGrad
+from .train.checkpoint import atomic_write_bytes
 
 __all__ = ["attribute_dataset", "load_attributions", "make_method", "method_parameters", "AttributionSet",
            "METHOD_NAMES", "MANIFEST_NAME"]
@@ -391,23 +392,9 @@ def _reference_shape(source) -> Tuple[int, ...]:
 # ==============================================================================================
 # files
 # ==============================================================================================
-def _atomic_write(path: Path, write) -> None:
-    """``write(handle)`` into a temporary sibling, fsync, rename into place (atomic on POSIX/Windows)."""
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(temporary, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
-
-
 def _write_manifest(out_dir: Path, manifest: dict) -> None:
     text = json.dumps(manifest, indent=1, sort_keys=True).encode()
-    _atomic_write(out_dir / MANIFEST_NAME, lambda handle: handle.write(text))
+    atomic_write_bytes(out_dir / MANIFEST_NAME, lambda handle: handle.write(text))
 
 
 def _read_manifest(out_dir: Path) -> Optional[dict]:
@@ -707,7 +694,7 @@ def attribute_dataset(
                 start, stop = ranges[index]
                 record = runner.shard(source, index, start, stop, shape)
                 record["rank"] = processes.rank
-                _atomic_write(out_dir / SHARD_PATTERN.format(index), lambda handle: torch.save(record, handle))
+                atomic_write_bytes(out_dir / SHARD_PATTERN.format(index), lambda handle: torch.save(record, handle))
         processes.barrier()
         if processes.rank == 0:
             manifest = _finalize(out_dir, manifest, ranges, device, batch_size, runner.batch_size, channels_last,
