@@ -102,6 +102,16 @@ def _pixel_map(tensor: Tensor, name: str) -> Tensor:
     return tensor.contiguous()
 
 
+def check_budget_shape(rho: float, k: float, gamma: float) -> None:
+    """The parameters that shape a budget region: fractions rho and k in [0, 1], gamma > 0."""
+    if not 0 <= rho <= 1:
+        raise ValueError(f"rho must be in [0, 1], got {rho}")
+    if not 0 <= k <= 1:
+        raise ValueError(f"k must be in [0, 1], got {k}")
+    if not gamma > 0:
+        raise ValueError(f"gamma must be > 0, got {gamma}")
+
+
 def saliency_budget(saliency: Tensor, mode: str = "mass", epsilon: float = 8 / 255, rho: float = 0.1,
                     k: float = 0.5, gamma: float = 1.0) -> Tensor:
     """Per-image attack budget from a non-negative saliency map, in its layout ((B,H,W) or (B,1,H,W)).
@@ -115,12 +125,7 @@ def saliency_budget(saliency: Tensor, mode: str = "mass", epsilon: float = 8 / 2
         raise ValueError(f"mode must be one of {_reference.BUDGET_MODES}, got {mode!r}")
     if not epsilon >= 0:
         raise ValueError(f"epsilon must be >= 0, got {epsilon}")
-    if not 0 <= rho <= 1:
-        raise ValueError(f"rho must be in [0, 1], got {rho}")
-    if not 0 <= k <= 1:
-        raise ValueError(f"k must be in [0, 1], got {k}")
-    if not gamma > 0:
-        raise ValueError(f"gamma must be > 0, got {gamma}")
+    check_budget_shape(rho, k, gamma)
     maps = _pixel_map(saliency, "saliency")
     args = (maps, mode, float(epsilon), float(rho), float(k), float(gamma))
     if use_native(maps):

@@ -48,12 +48,7 @@ class AdversarialTraining(TrainingMethod):
         self.steps = steps
         self.step_size = 2.5 * self.epsilon / steps if step_size is None else check_nonnegative(step_size, "step_size")
         self.budget = check_choice(budget, "budget", BUDGET_MODES)
-        if not 0 <= rho <= 1:
-            raise ValueError(f"rho must be in [0, 1], got {rho}")
-        if not 0 <= k <= 1:
-            raise ValueError(f"k must be in [0, 1], got {k}")
-        if not gamma > 0:
-            raise ValueError(f"gamma must be > 0, got {gamma}")
+        ops.check_budget_shape(rho, k, gamma)
         self.rho, self.k, self.gamma = float(rho), float(k), float(gamma)
         self.lam = check_nonnegative(lam, "lam")
         self.beta = check_nonnegative(beta, "beta")
