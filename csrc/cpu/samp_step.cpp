@@ -39,18 +39,24 @@ void step_one_image(const StepArgs<T>& a, int64_t image, int64_t row, std::vecto
   T* grad_avg = a.grad_avg + image * C * HW;
   bool* active = a.active + image * HW;
 
-  // 1. momentum and the first-order score change of moving each pixel fully (all pixels).
+  // 1. momentum, then the first-order score change of moving each pixel fully. Plane by
+  //    plane, so the inner loops run over contiguous memory and vectorise; the per-pixel sum
+  //    still adds the channels in order 0..C-1, as the CUDA kernel does.
+  for (int64_t c = 0; c < C; ++c) {
+    const T* g = grad + c * HW;
+    T* avg = grad_avg + c * HW;
+    for (int64_t p = 0; p < HW; ++p) avg[p] = samp::momentum_update(g[p], avg[p], a.momentum);
+  }
+  std::fill(proj.begin(), proj.end(), T(0));
+  for (int64_t c = 0; c < C; ++c) {
+    const T* avg = grad_avg + c * HW;
+    const T* e = end + c * HW;
+    const T* x = point + c * HW;
+    for (int64_t p = 0; p < HW; ++p) proj[p] += avg[p] * (e[p] - x[p]);
+  }
   keys.clear();
   for (int64_t p = 0; p < HW; ++p) {
-    T sum = T(0);
-    for (int64_t c = 0; c < C; ++c) {
-      const int64_t i = c * HW + p;
-      const T g = samp::momentum_update(grad[i], grad_avg[i], a.momentum);
-      grad_avg[i] = g;
-      sum += g * (end[i] - point[i]);
-    }
-    proj[p] = sum;
-    if (active[p]) keys.push_back(samp::selection_key(sum, a.insertion));
+    if (active[p]) keys.push_back(samp::selection_key(proj[p], a.insertion));
   }
   const int64_t n_active = static_cast<int64_t>(keys.size());
   if (n_active == 0) {
