@@ -6,6 +6,7 @@ from typing import Callable
 from torch import Tensor, nn
 
 from .._common import Target, attribution_mode, check_images, check_model_device, resolve_target
+from ..references import make_reference
 
 
 class AttributionMethod:
@@ -31,3 +32,16 @@ class AttributionMethod:
 
     def _attribute(self, inputs: Tensor, target: Tensor, **kwargs) -> Tensor:  # pragma: no cover
         raise NotImplementedError
+
+
+class PathAttributionMethod(AttributionMethod):
+    """A method that integrates along a path from a baseline (``self.baseline``, resolved with
+    ``self.blur_kernel`` / ``self.blur_sigma``): Integrated Gradients and Guided IG."""
+
+    def baseline_for(self, inputs: Tensor) -> Tensor:
+        """The (B, C, H, W) baseline x' that ``attribute(inputs)`` starts its path from."""
+        return make_reference(self.baseline, inputs, "baseline", self.blur_kernel, self.blur_sigma)
+
+    def attribute(self, inputs: Tensor, target: Target = None, reduce_channels: bool = True) -> Tensor:
+        """(B, H, W) maps, or (B, C, H, W) (Captum's layout) with ``reduce_channels=False``."""
+        return super().attribute(inputs, target, reduce_channels=reduce_channels)

@@ -18,8 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from .._common import Target, input_gradient, reduce_channels as _reduce
-from ..references import Reference, make_reference
-from ._base import AttributionMethod
+from ..references import Reference
+from ._base import AttributionMethod, PathAttributionMethod
 
 # Captum's names for the quadrature rules of the path integral.
 IG_METHODS = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre")
@@ -115,7 +115,7 @@ class InputXGradient(AttributionMethod):
         return _reduce(inputs * grad, reduce_channels)
 
 
-class IntegratedGradients(AttributionMethod):
+class IntegratedGradients(PathAttributionMethod):
     """Integrated Gradients (Sundararajan et al. 2017) with Captum's quadrature rules.
 
     attribution = (x − x') ⊙ Σ_k w_k ∂f_c/∂x (x' + α_k (x − x')).
@@ -156,14 +156,6 @@ class IntegratedGradients(AttributionMethod):
             _check_positive_int(blur_kernel, "blur_kernel")
         self.blur_kernel = blur_kernel
         self.blur_sigma = blur_sigma
-
-    def baseline_for(self, inputs: Tensor) -> Tensor:
-        """The (B, C, H, W) baseline x' that ``attribute(inputs)`` integrates from."""
-        return make_reference(self.baseline, inputs, "baseline", self.blur_kernel, self.blur_sigma)
-
-    def attribute(self, inputs: Tensor, target: Target = None, reduce_channels: bool = True) -> Tensor:
-        """(B, H, W) maps, or (B, C, H, W) (Captum's IG attributions) with ``reduce_channels=False``."""
-        return super().attribute(inputs, target, reduce_channels=reduce_channels)
 
     def _attribute(self, inputs: Tensor, target: Tensor, reduce_channels: bool = True) -> Tensor:
         baseline = self.baseline_for(inputs)

@@ -15,8 +15,8 @@ import torch
 from torch import Tensor, nn
 
 from .._common import Target, input_gradient, reduce_channels as _reduce
-from ..references import Reference, make_reference
-from ._base import AttributionMethod
+from ..references import Reference
+from ._base import PathAttributionMethod
 from .gradients import _check_positive_int
 
 # PAIR's tolerance for "the L1 distance has reached this step's target" (math.isclose).
@@ -87,7 +87,7 @@ def guided_ig_path(
     return attr
 
 
-class GuidedIG(AttributionMethod):
+class GuidedIG(PathAttributionMethod):
     """Guided Integrated Gradients: an adaptive path that moves low-|gradient| features first.
 
     Args:
@@ -122,14 +122,6 @@ class GuidedIG(AttributionMethod):
         self.baseline = baseline
         self.blur_kernel = blur_kernel
         self.blur_sigma = blur_sigma
-
-    def baseline_for(self, inputs: Tensor) -> Tensor:
-        """The (B, C, H, W) baseline the path starts from."""
-        return make_reference(self.baseline, inputs, "baseline", self.blur_kernel, self.blur_sigma)
-
-    def attribute(self, inputs: Tensor, target: Target = None, reduce_channels: bool = True) -> Tensor:
-        """(B, H, W) maps, or (B, C, H, W) with ``reduce_channels=False``."""
-        return super().attribute(inputs, target, reduce_channels=reduce_channels)
 
     def _attribute(self, inputs: Tensor, target: Tensor, reduce_channels: bool = True) -> Tensor:
         batch = inputs.shape[0]
