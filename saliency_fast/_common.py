@@ -81,20 +81,27 @@ def resolve_target(model: Callable[[Tensor], Tensor], inputs: Tensor, target: Ta
 
     ``None`` explains the predicted class (argmax of the model's output), not the label.
     """
-    batch = inputs.shape[0]
     with torch.no_grad():  # a given target needs only the class count: one image suffices
         logits = model(inputs if target is None else inputs[:1])
+    return target_from_logits(target, logits, inputs.shape[0], inputs.device)
+
+
+def target_from_logits(target: Target, logits: Tensor, batch: Optional[int] = None, device=None) -> Tensor:
+    """The (B,) int64 target given the model's (B or 1, classes) logits: None → argmax, an int
+    or a tensor of class indices → validated against the class count."""
     if logits.dim() != 2:
         raise ValueError(f"the model must return logits of shape (B, classes), got shape {tuple(logits.shape)}")
+    batch = logits.shape[0] if batch is None else batch
+    device = logits.device if device is None else device
     classes = logits.shape[1]
     if target is None:
-        return logits.argmax(dim=1)
-    if isinstance(target, int):
-        target = torch.full((batch,), target, dtype=torch.long, device=inputs.device)
+        return logits.detach().argmax(dim=1)
+    if isinstance(target, int) and not isinstance(target, bool):
+        target = torch.full((batch,), target, dtype=torch.long, device=device)
     elif isinstance(target, Tensor):
         if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
             raise TypeError(f"target must hold integer class indices, got dtype {target.dtype}")
-        target = target.to(device=inputs.device, dtype=torch.long).reshape(-1)
+        target = target.to(device=device, dtype=torch.long).reshape(-1)
         if target.numel() == 1:
             target = target.expand(batch).clone()
         if target.numel() != batch:

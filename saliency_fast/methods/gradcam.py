@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._common import Target
+from .._common import Target, target_from_logits
 from ._base import AttributionMethod
 
 Layer = Union[str, nn.Module]
@@ -59,24 +59,6 @@ class _ActivationCapture:
         return activation.clone()
 
 
-def _target_from_logits(target: Target, logits: Tensor) -> Tensor:
-    batch, classes = logits.shape
-    if target is None:
-        return logits.detach().argmax(dim=1)
-    if isinstance(target, int) and not isinstance(target, bool):
-        target = torch.full((batch,), target, dtype=torch.long, device=logits.device)
-    elif isinstance(target, Tensor) and not (target.is_floating_point() or target.dtype == torch.bool):
-        target = target.to(device=logits.device, dtype=torch.long).reshape(-1)
-        if target.numel() not in (1, batch):
-            raise ValueError(f"target has {target.numel()} entries but the batch has {batch} images")
-        target = target.expand(batch)
-    else:
-        raise TypeError(f"target must be None, an int or an integer tensor of shape (B,), got {target!r}")
-    if bool(((target < 0) | (target >= classes)).any()):
-        raise ValueError(f"target holds a class index outside [0, {classes - 1}] (the model has {classes} outputs)")
-    return target
-
-
 def gradcam_maps(
     model: nn.Module,
     inputs: Tensor,
@@ -107,7 +89,7 @@ def gradcam_maps(
     if logits.dim() != 2:
         raise ValueError(f"the model must return logits of shape (B, classes), got shape {tuple(logits.shape)}")
     activation = capture.activation
-    target = _target_from_logits(target, logits)
+    target = target_from_logits(target, logits)
     with torch.enable_grad():
         score = logits.gather(1, target.view(-1, 1)).sum()
         (grad,) = torch.autograd.grad(score, activation, retain_graph=True, create_graph=create_graph)
