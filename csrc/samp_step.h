@@ -20,10 +20,14 @@ SF_HOST_DEVICE T momentum_update(T grad, T grad_avg, T momentum) {
 // wins (it sorts last) and −0 becomes +0 so that radix ordering agrees with `==` on ties.
 template <typename T>
 SF_HOST_DEVICE T selection_key(T proj, bool insertion) {
-  T key = insertion ? -proj : proj;
-  if (key != key) return std::numeric_limits<T>::infinity();
-  if (key == T(0)) return T(0);
-  return key;
+  const T key = (insertion ? -proj : proj) + T(0);  // x + 0 is x, except −0 + 0 = +0
+  return key != key ? std::numeric_limits<T>::infinity() : key;
+}
+
+// |end − point|: one channel's share of a full move's L1 size.
+template <typename T>
+SF_HOST_DEVICE T distance(T point, T end) {
+  return std::abs(end - point);
 }
 
 // A channel still has to move while |p − e| > atol + rtol·|e| (torch.isclose's rule).

@@ -1,11 +1,14 @@
-// CPU implementation of samp_step: at::parallel_for over images, linear-time selection of the
-// k-th key with std::nth_element (no full sort).
+// CPU implementation of samp_step: at::parallel_for over images; per image one fused pass for
+// momentum and projection, then a linear-time radix selection of the k-th key (a histogram of
+// the top digit of the order-preserving bit patterns, std::nth_element inside one bucket).
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <utility>
 #include <vector>
 
+#include "ordered_bits.h"
 #include "samp_step.h"
 #include "samp_step_checks.h"
 
@@ -28,71 +31,134 @@ struct StepArgs {
   bool insertion, exact_ties;
 };
 
+// Per-thread scratch, reused across images: the projection, every pixel's ordered key, the
+// radix histogram and the candidates of the bucket that holds the k-th key.
+template <typename T>
+struct Workspace {
+  using U = typename OrderedBits<T>::U;
+  // Top digit of the ordered key: as many bits as the image has pixels (16 at most), so a
+  // bucket holds a handful of keys on typical maps and small images clear a small histogram.
+  explicit Workspace(int64_t pixels)
+      : proj(pixels), keys(pixels), digit_bits(std::clamp(bit_width(pixels), 8, 12)),
+        histogram(size_t(1) << digit_bits) {
+    candidates.reserve(pixels);
+  }
+  static int bit_width(int64_t n) {
+    int bits = 0;
+    for (; n > 0; n >>= 1) ++bits;
+    return bits;
+  }
+  int shift() const { return OrderedBits<T>::kBits - digit_bits; }
+
+  std::vector<T> proj;
+  std::vector<U> keys;
+  int digit_bits;
+  std::vector<int64_t> histogram;
+  std::vector<U> candidates;
+};
+
+// An inactive pixel's key: above every active key (those are at most to_ordered(+inf)).
+template <typename U>
+constexpr U kInactiveKey = ~U(0);
+
+// Momentum, then the first-order score change of moving each pixel fully. Plane by plane, so
+// the loops run over contiguous memory; the per-pixel sum adds the channels in order 0..C-1
+// from zero, as the CUDA kernel does. kPlain (momentum 1) is a separate instantiation so the
+// loop has no branch and vectorises.
+template <bool kPlain, typename T>
+void project(const StepArgs<T>& a, const T* point, const T* end, const T* grad, T* grad_avg, T* proj) {
+  const int64_t HW = a.pixels;
+  const T momentum = kPlain ? T(1) : a.momentum;
+  std::fill(proj, proj + HW, T(0));
+  for (int64_t c = 0; c < a.channels; ++c) {
+    const T* g = grad + c * HW;
+    const T* e = end + c * HW;
+    const T* x = point + c * HW;
+    T* avg = grad_avg + c * HW;
+    for (int64_t p = 0; p < HW; ++p) {
+      avg[p] = samp::momentum_update(g[p], avg[p], momentum);
+      proj[p] += avg[p] * (e[p] - x[p]);
+    }
+  }
+}
+
+// The k-th smallest active key (k <= #active) and, for exact ties, how many pixels equal to it
+// still move. Radix select: histogram the top digit, then std::nth_element over the one bucket
+// that holds the k-th key only — linear time with no full pass of nth_element over the image.
+template <typename T>
+std::pair<typename OrderedBits<T>::U, int64_t> select_kth(Workspace<T>& w, int64_t pixels, int64_t k,
+                                                          bool exact_ties) {
+  using U = typename OrderedBits<T>::U;
+  const int shift = w.shift();
+  int64_t below = 0;  // active keys in buckets below the k-th key's bucket
+  U bucket = 0;
+  while (below + w.histogram[bucket] < k) below += w.histogram[bucket++];
+  w.candidates.clear();
+  for (int64_t p = 0; p < pixels; ++p) {
+    const U key = w.keys[p];
+    if (key != kInactiveKey<U> && (key >> shift) == bucket) w.candidates.push_back(key);
+  }
+  const auto kth_position = w.candidates.begin() + (k - below - 1);
+  std::nth_element(w.candidates.begin(), kth_position, w.candidates.end());
+  const U kth = *kth_position;
+  if (!exact_ties) return {kth, 0};
+  below += std::count_if(w.candidates.begin(), w.candidates.end(), [kth](U key) { return key < kth; });
+  return {kth, k - below};
+}
+
 // One image: `image` indexes the state, `row` the gradient.
 template <typename T>
-void step_one_image(const StepArgs<T>& a, int64_t image, int64_t row, std::vector<T>& proj,
-                    std::vector<T>& keys, std::vector<int64_t>& chosen) {
+void step_one_image(const StepArgs<T>& a, int64_t image, int64_t row, Workspace<T>& w,
+                    std::vector<int64_t>& chosen) {
+  using U = typename OrderedBits<T>::U;
   const int64_t C = a.channels, HW = a.pixels;
   T* point = a.point + image * C * HW;
   const T* end = a.end + image * C * HW;
+  bool* active = a.active + image * HW;
   const T* grad = a.grad + row * C * HW;
   T* grad_avg = a.grad_avg + image * C * HW;
-  bool* active = a.active + image * HW;
+  if (a.momentum == T(1)) {
+    project<true>(a, point, end, grad, grad_avg, w.proj.data());
+  } else {
+    project<false>(a, point, end, grad, grad_avg, w.proj.data());
+  }
 
-  // 1. momentum, then the first-order score change of moving each pixel fully. Plane by
-  //    plane, so the inner loops run over contiguous memory and vectorise; the per-pixel sum
-  //    still adds the channels in order 0..C-1, as the CUDA kernel does.
-  for (int64_t c = 0; c < C; ++c) {
-    const T* g = grad + c * HW;
-    T* avg = grad_avg + c * HW;
-    for (int64_t p = 0; p < HW; ++p) avg[p] = samp::momentum_update(g[p], avg[p], a.momentum);
-  }
-  std::fill(proj.begin(), proj.end(), T(0));
-  for (int64_t c = 0; c < C; ++c) {
-    const T* avg = grad_avg + c * HW;
-    const T* e = end + c * HW;
-    const T* x = point + c * HW;
-    for (int64_t p = 0; p < HW; ++p) proj[p] += avg[p] * (e[p] - x[p]);
-  }
-  keys.clear();
+  // 1. every pixel's ordered key and the histogram of the active keys' top digit.
+  std::fill(w.histogram.begin(), w.histogram.end(), int64_t(0));
+  const int shift = w.shift();
+  int64_t n_active = 0;
   for (int64_t p = 0; p < HW; ++p) {
-    if (active[p]) keys.push_back(samp::selection_key(proj[p], a.insertion));
+    U key = kInactiveKey<U>;
+    if (active[p]) {
+      key = to_ordered(samp::selection_key(w.proj[p], a.insertion));
+      w.histogram[key >> shift] += 1;
+      n_active += 1;
+    }
+    w.keys[p] = key;
   }
-  const int64_t n_active = static_cast<int64_t>(keys.size());
   if (n_active == 0) {
     a.active_count[image] = 0;
     return;
   }
   a.step_count[image] += 1;
 
-  // 2. the k-th smallest key v among active pixels, then the chosen set.
-  const int64_t k = std::min(a.k, n_active);
-  std::nth_element(keys.begin(), keys.begin() + (k - 1), keys.end());
-  const T kth = keys[k - 1];
-  int64_t tie_quota = 0;  // exact ties: how many pixels equal to v still move (by index)
-  if (a.exact_ties) {
-    const int64_t below = std::count_if(keys.begin(), keys.end(), [kth](T key) { return key < kth; });
-    tie_quota = k - below;
-  }
+  // 2. the k-th smallest key among active pixels, then the chosen set: keys below it, and ties
+  //    with it (all, or the first `tie_quota` by index).
+  auto [kth, tie_quota] = select_kth(w, HW, std::min(a.k, n_active), a.exact_ties);
   chosen.clear();
   T step_l1 = T(0);
   for (int64_t p = 0; p < HW; ++p) {
-    if (!active[p]) continue;
-    const T key = samp::selection_key(proj[p], a.insertion);
-    const bool take = key < kth || (key == kth && (!a.exact_ties || tie_quota-- > 0));
-    if (!take) continue;
+    const U key = w.keys[p];  // inactive pixels are above kth
+    if (key > kth || (key == kth && a.exact_ties && tie_quota-- <= 0)) continue;
     chosen.push_back(p);
-    for (int64_t c = 0; c < C; ++c) {
-      const T gap = end[c * HW + p] - point[c * HW + p];
-      step_l1 += gap < T(0) ? -gap : gap;
-    }
+    for (int64_t c = 0; c < C; ++c) step_l1 += samp::distance(point[c * HW + p], end[c * HW + p]);
   }
 
   // 3. IC scaling, then move the chosen pixels and accumulate their attribution.
   const T scale = samp::step_scale(step_l1, a.bound[image]);
   int64_t finished = 0;
   for (const int64_t p : chosen) {
-    a.attribution[image * HW + p] += scale * proj[p];
+    a.attribution[image * HW + p] += scale * w.proj[p];
     bool still_active = false;
     for (int64_t c = 0; c < C; ++c) {
       const int64_t i = c * HW + p;
@@ -128,12 +194,11 @@ void samp_step_cpu(at::Tensor point, const at::Tensor& end, const at::Tensor& gr
                                   static_cast<scalar_t>(momentum), static_cast<scalar_t>(atol),
                                   static_cast<scalar_t>(rtol), insertion, exact_ties};
     at::parallel_for(0, n_rows, 1, [&](int64_t begin, int64_t stop) {
-      std::vector<scalar_t> proj(args.pixels), keys;
+      Workspace<scalar_t> workspace(args.pixels);
       std::vector<int64_t> chosen;
-      keys.reserve(args.pixels);
       chosen.reserve(args.pixels);
       for (int64_t r = begin; r < stop; ++r) {
-        step_one_image(args, row_images[r], r, proj, keys, chosen);
+        step_one_image(args, row_images[r], r, workspace, chosen);
       }
     });
   });

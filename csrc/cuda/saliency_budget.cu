@@ -11,35 +11,13 @@
 #include <cub/block/block_reduce.cuh>
 #include <cstdint>
 
+#include "ordered_bits.h"
 #include "saliency_budget.h"
 
 namespace saliency_fast {
 namespace {
 
 constexpr int kThreads = 256;
-
-// Maps a key to an unsigned integer with the same order (sign flip for positives, bit flip
-// for negatives), so the threshold search can bisect integers.
-template <typename T>
-struct OrderedBits;
-
-template <>
-struct OrderedBits<float> {
-  using U = unsigned int;
-  static __device__ __forceinline__ U of(float v) {
-    const U bits = __float_as_uint(v);
-    return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
-  }
-};
-
-template <>
-struct OrderedBits<double> {
-  using U = unsigned long long;
-  static __device__ __forceinline__ U of(double v) {
-    const U bits = static_cast<U>(__double_as_longlong(v));
-    return (bits & 0x8000000000000000ull) ? ~bits : (bits | 0x8000000000000000ull);
-  }
-};
 
 // Block-wide sum, broadcast to every thread.
 template <typename Reduce>
@@ -79,7 +57,7 @@ __global__ void threshold_budget_kernel(const T* __restrict__ saliency, T* __res
       double local = 0.0;
       for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
         const T key = budget::order_key(s[i]);
-        if (Bits::of(key) <= mid) local += static_cast<double>(key);
+        if (to_ordered(key) <= mid) local += static_cast<double>(key);
       }
       if (block_sum<Reduce>(local, storage, &shared) <= limit) lo = mid; else hi = mid - 1;
     }
@@ -88,14 +66,14 @@ __global__ void threshold_budget_kernel(const T* __restrict__ saliency, T* __res
       const U mid = lo + (hi - lo) / 2;
       double local = 0.0;
       for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-        local += Bits::of(budget::order_key(s[i])) <= mid ? 1.0 : 0.0;
+        local += to_ordered(budget::order_key(s[i])) <= mid ? 1.0 : 0.0;
       }
       if (block_sum<Reduce>(local, storage, &shared) >= static_cast<double>(m)) hi = mid; else lo = mid + 1;
     }
   }
   const bool any = mass ? (limit >= 0.0) : (m > 0);
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-    const bool inside = any && Bits::of(budget::order_key(s[i])) <= lo;
+    const bool inside = any && to_ordered(budget::order_key(s[i])) <= lo;
     o[i] = inside ? epsilon : T(0);
   }
 }

@@ -16,6 +16,7 @@
 
 #include <cstdint>
 
+#include "ordered_bits.h"
 #include "samp_step.h"
 #include "samp_step_checks.h"
 
@@ -26,44 +27,6 @@ constexpr int kProjectThreads = 256;
 constexpr int kSelectThreads = 512;
 constexpr int kRadixBits = 8;
 constexpr int kRadixBins = 1 << kRadixBits;
-
-// Order-preserving unsigned bit patterns: a < b as floats ⇔ ordered(a) < ordered(b) as
-// integers, for the canonical keys of selection_key (no NaN, no −0).
-template <typename T>
-struct OrderedBits;
-
-template <>
-struct OrderedBits<float> {
-  using U = unsigned int;
-  static constexpr int kBits = 32;
-  __device__ static U raw(float v) { return __float_as_uint(v); }
-  __device__ static float value(U u) { return __uint_as_float(u); }
-};
-
-template <>
-struct OrderedBits<double> {
-  using U = unsigned long long;
-  static constexpr int kBits = 64;
-  __device__ static U raw(double v) { return static_cast<U>(__double_as_longlong(v)); }
-  __device__ static double value(U u) { return __longlong_as_double(static_cast<long long>(u)); }
-};
-
-template <typename T>
-__device__ typename OrderedBits<T>::U to_ordered(T v) {
-  using Bits = OrderedBits<T>;
-  using U = typename Bits::U;
-  const U u = Bits::raw(v);
-  const U sign = U(1) << (Bits::kBits - 1);
-  return (u & sign) ? ~u : (u | sign);
-}
-
-template <typename T>
-__device__ T from_ordered(typename OrderedBits<T>::U u) {
-  using Bits = OrderedBits<T>;
-  using U = typename Bits::U;
-  const U sign = U(1) << (Bits::kBits - 1);
-  return Bits::value((u & sign) ? (u & ~sign) : ~u);
-}
 
 template <typename T>
 __global__ void samp_project_kernel(const T* __restrict__ point, const T* __restrict__ end,
@@ -204,8 +167,7 @@ __global__ void __launch_bounds__(kSelectThreads) samp_select_apply_kernel(
   for (int64_t p = tid; p < pixels; p += kSelectThreads) {
     if (!chosen[p]) continue;
     for (int64_t c = 0; c < channels; ++c) {
-      const T gap = image_end[c * pixels + p] - image_point[c * pixels + p];
-      l1_local += gap < T(0) ? -gap : gap;
+      l1_local += samp::distance(image_point[c * pixels + p], image_end[c * pixels + p]);
     }
   }
   const T step_l1 = broadcast<T>(ValueReduce(temp.value).Sum(l1_local), &value_slot);

@@ -5,6 +5,9 @@
 #include <cmath>
 #include <iostream>
 #include <limits>
+#include <vector>
+
+#include "ordered_bits.h"
 
 namespace {
 
@@ -54,10 +57,30 @@ void test_samp_step_moves_the_lowest_projection() {
   expect(active.view(-1)[1].item<bool>() && count.item<int64_t>() == 3, "a partial move stays active");
 }
 
+// The radix selections (CPU and CUDA) rest on to_ordered being strictly increasing and
+// invertible over every canonical key: negatives, denormals, +0, infinities.
+template <typename T>
+void test_ordered_bits_keep_the_order() {
+  using limits = std::numeric_limits<T>;
+  const std::vector<T> increasing = {-limits::infinity(), -limits::max(), T(-2.5), T(-1), -limits::min(),
+                                     -limits::denorm_min(), T(0), limits::denorm_min(), limits::min(),
+                                     T(1e-3), T(1), T(3), limits::max(), limits::infinity()};
+  for (size_t i = 0; i < increasing.size(); ++i) {
+    expect(saliency_fast::from_ordered<T>(saliency_fast::to_ordered(increasing[i])) == increasing[i],
+           "from_ordered inverts to_ordered");
+    if (i > 0) {
+      expect(saliency_fast::to_ordered(increasing[i - 1]) < saliency_fast::to_ordered(increasing[i]),
+             "to_ordered is strictly increasing");
+    }
+  }
+}
+
 }  // namespace
 
 int main() {
   test_samp_step_moves_the_lowest_projection();
-  if (failures == 0) std::cout << "1 passed, 0 failed\n";
+  test_ordered_bits_keep_the_order<float>();
+  test_ordered_bits_keep_the_order<double>();
+  if (failures == 0) std::cout << "3 passed, 0 failed\n";
   return failures == 0 ? 0 : 1;
 }
