@@ -57,6 +57,22 @@ def test_native_equals_reference_float64(batch, channels, height, width, counts,
     assert torch.equal(native(*args), _reference.perturbation_curve(*args))
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    ranks=st.lists(st.sampled_from([-2**62, -3, -1, 0, 1, 2, 5, 7, 2**62]) | st.integers(-3, 12),
+                   min_size=6, max_size=6),
+    counts=st.lists(st.sampled_from([-2**63, -2, 0, 1, 3, 7, 2**63 - 1]) | st.integers(-3, 12),
+                    min_size=0, max_size=8),
+)
+def test_native_equals_reference_for_any_ranks_and_counts(ranks, counts):
+    """ranks need not be a permutation, counts need not be sorted, distinct or in range (the
+    CPU kernel compares precomputed levels, which must agree with rank < count everywhere)."""
+    start, finish = torch.randn(2, 2, 2, 3, dtype=torch.float64).unbind(0)
+    args = (start.unsqueeze(0), finish.unsqueeze(0), torch.tensor(ranks).view(1, 2, 3),
+            torch.tensor(counts, dtype=torch.long))
+    assert torch.equal(native(*args), _reference.perturbation_curve(*args))
+
+
 @pytest.mark.parametrize("tied", [False, True])
 def test_matches_literal_per_step_build(tied):
     generator = torch.Generator().manual_seed(3)
