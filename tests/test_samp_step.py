@@ -84,6 +84,31 @@ def test_native_matches_reference_float32_large_image():
     assert_states_equal(actual, expected, rtol=1e-5, atol=1e-5)
 
 
+@native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("exact", [False, True])
+@pytest.mark.parametrize("insertion", [False, True])
+@pytest.mark.parametrize("k", [1, 700, 5000, 9216])
+def test_native_matches_reference_on_concentrated_keys(dtype, exact, insertion, k):
+    """Projections packed into [1, 1.002) with heavy ties: every key shares its top bits, so the
+    CPU radix select must narrow the one crowded bucket digit by digit."""
+    g = torch.Generator().manual_seed(k)
+    state = random_state(2, 1, 96, 96, dtype=dtype, generator=g)
+    state["point"].zero_()
+    state["end"].copy_(1 + torch.randint(0, 2048, state["end"].shape, generator=g).to(dtype) * 2.0**-20)
+    state["grad"].fill_(1.0)
+    state["active"].fill_(True)
+    state["active_count"].fill_(96 * 96)
+    rows = torch.arange(2)
+    options = dict(k=k, momentum=1.0, insertion=insertion, exact_ties=exact)
+    expected, actual = clone(state), clone(state)
+    call(_reference.samp_step, expected, rows, **options)
+    call(torch.ops.saliency_fast.samp_step, actual, rows, **options)
+    assert_states_equal(actual, expected)
+    moved = (actual["point"] != 0).flatten(1).sum(1)
+    assert (moved == k).all() if exact else (moved >= k).all()
+
+
 @pytest.mark.parametrize("fn", [_reference.samp_step, ops.samp_step])
 @pytest.mark.parametrize("exact", [False, True])
 def test_moves_k_pixels_under_each_tie_policy(fn, exact):

@@ -32,14 +32,14 @@ struct StepArgs {
 };
 
 // Per-thread scratch, reused across images: the projection, every pixel's ordered key, the
-// radix histogram and the candidates of the bucket that holds the k-th key.
+// chosen pixels, the radix histogram and the candidates of the bucket that holds the k-th key.
 template <typename T>
 struct Workspace {
   using U = typename OrderedBits<T>::U;
   // Top digit of the ordered key: as many bits as the image has pixels (16 at most), so a
   // bucket holds a handful of keys on typical maps and small images clear a small histogram.
   explicit Workspace(int64_t pixels)
-      : proj(pixels), keys(pixels), digit_bits(std::clamp(bit_width(pixels), 8, 12)),
+      : proj(pixels), keys(pixels), chosen(pixels), digit_bits(std::clamp(bit_width(pixels), 8, 12)),
         histogram(size_t(1) << digit_bits) {
     candidates.reserve(pixels);
   }
@@ -52,6 +52,7 @@ struct Workspace {
 
   std::vector<T> proj;
   std::vector<U> keys;
+  std::vector<int64_t> chosen;  // the pixels this step moves, ascending
   int digit_bits;
   std::vector<int64_t> histogram;
   std::vector<U> candidates;
@@ -83,20 +84,35 @@ void project(const StepArgs<T>& a, const T* point, const T* end, const T* grad, 
 }
 
 // The k-th smallest active key (k <= #active) and, for exact ties, how many pixels equal to it
-// still move. Radix select: histogram the top digit, then std::nth_element over the one bucket
-// that holds the k-th key only — linear time with no full pass of nth_element over the image.
+// still move. MSD radix select on the ordered bit patterns: the top digit's histogram (filled
+// by the keys pass) picks the bucket that holds the k-th key; while that bucket is large, the
+// next digit's histogram of its keys narrows it again; std::nth_element finishes on a few keys.
+// Linear time, and no full pass of nth_element (branchy, mispredicting) over the image.
 template <typename T>
 std::pair<typename OrderedBits<T>::U, int64_t> select_kth(Workspace<T>& w, int64_t pixels, int64_t k,
                                                           bool exact_ties) {
   using U = typename OrderedBits<T>::U;
-  const int shift = w.shift();
-  int64_t below = 0;  // active keys in buckets below the k-th key's bucket
+  constexpr size_t kSmallBucket = 64;
+  int shift = w.shift();
+  int64_t below = 0;  // active keys in the buckets below the k-th key's bucket
   U bucket = 0;
   while (below + w.histogram[bucket] < k) below += w.histogram[bucket++];
   w.candidates.clear();
   for (int64_t p = 0; p < pixels; ++p) {
     const U key = w.keys[p];
     if (key != kInactiveKey<U> && (key >> shift) == bucket) w.candidates.push_back(key);
+  }
+  while (w.candidates.size() > kSmallBucket && shift > 0) {
+    const int next_shift = std::max(0, shift - w.digit_bits);
+    const U digit_mask = (U(1) << (shift - next_shift)) - 1;  // the bits [next_shift, shift)
+    const auto digit = [&](U key) { return static_cast<size_t>((key >> next_shift) & digit_mask); };
+    std::fill(w.histogram.begin(), w.histogram.end(), int64_t(0));
+    for (const U key : w.candidates) w.histogram[digit(key)] += 1;
+    size_t sub_bucket = 0;
+    while (below + w.histogram[sub_bucket] < k) below += w.histogram[sub_bucket++];
+    const auto outside = [&](U key) { return digit(key) != sub_bucket; };
+    w.candidates.erase(std::remove_if(w.candidates.begin(), w.candidates.end(), outside), w.candidates.end());
+    shift = next_shift;
   }
   const auto kth_position = w.candidates.begin() + (k - below - 1);
   std::nth_element(w.candidates.begin(), kth_position, w.candidates.end());
@@ -108,8 +124,7 @@ std::pair<typename OrderedBits<T>::U, int64_t> select_kth(Workspace<T>& w, int64
 
 // One image: `image` indexes the state, `row` the gradient.
 template <typename T>
-void step_one_image(const StepArgs<T>& a, int64_t image, int64_t row, Workspace<T>& w,
-                    std::vector<int64_t>& chosen) {
+void step_one_image(const StepArgs<T>& a, int64_t image, int64_t row, Workspace<T>& w) {
   using U = typename OrderedBits<T>::U;
   const int64_t C = a.channels, HW = a.pixels;
   T* point = a.point + image * C * HW;
@@ -145,19 +160,27 @@ void step_one_image(const StepArgs<T>& a, int64_t image, int64_t row, Workspace<
   // 2. the k-th smallest key among active pixels, then the chosen set: keys below it, and ties
   //    with it (all, or the first `tie_quota` by index).
   auto [kth, tie_quota] = select_kth(w, HW, std::min(a.k, n_active), a.exact_ties);
-  chosen.clear();
+  // Branch-free compaction: about k of the HW pixels are taken, in no predictable pattern.
+  int64_t* chosen = w.chosen.data();
+  int64_t n_chosen = 0;
   T step_l1 = T(0);
   for (int64_t p = 0; p < HW; ++p) {
     const U key = w.keys[p];  // inactive pixels are above kth
-    if (key > kth || (key == kth && a.exact_ties && tie_quota-- <= 0)) continue;
-    chosen.push_back(p);
+    const bool tie = key == kth;
+    chosen[n_chosen] = p;
+    n_chosen += key < kth || (tie && (!a.exact_ties || tie_quota > 0));
+    tie_quota -= tie && a.exact_ties;
+  }
+  for (int64_t j = 0; j < n_chosen; ++j) {
+    const int64_t p = chosen[j];
     for (int64_t c = 0; c < C; ++c) step_l1 += samp::distance(point[c * HW + p], end[c * HW + p]);
   }
 
   // 3. IC scaling, then move the chosen pixels and accumulate their attribution.
   const T scale = samp::step_scale(step_l1, a.bound[image]);
   int64_t finished = 0;
-  for (const int64_t p : chosen) {
+  for (int64_t j = 0; j < n_chosen; ++j) {
+    const int64_t p = chosen[j];
     a.attribution[image * HW + p] += scale * w.proj[p];
     bool still_active = false;
     for (int64_t c = 0; c < C; ++c) {
@@ -195,10 +218,8 @@ void samp_step_cpu(at::Tensor point, const at::Tensor& end, const at::Tensor& gr
                                   static_cast<scalar_t>(rtol), insertion, exact_ties};
     at::parallel_for(0, n_rows, 1, [&](int64_t begin, int64_t stop) {
       Workspace<scalar_t> workspace(args.pixels);
-      std::vector<int64_t> chosen;
-      chosen.reserve(args.pixels);
       for (int64_t r = begin; r < stop; ++r) {
-        step_one_image(args, row_images[r], r, workspace, chosen);
+        step_one_image(args, row_images[r], r, workspace);
       }
     });
   });
