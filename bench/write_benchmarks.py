@@ -80,7 +80,8 @@ def dispatch_section():
         "### SAMP++ per step, outside the model (TorchDispatchMode, 64 digits)", "",
         f"- model calls: {counts['model_calls']}",
         f"- ATen ops dispatched per step outside the model: {counts['ops_per_step_outside_model']:.2f}",
-        f"- syncing ops outside the model (item, nonzero, masked_select, ...): "
+        f"- syncing ops outside the model (item, nonzero, masked_select, ...), whole call including "
+        f"the input checks: "
         f"{sum(counts['syncing_ops_outside_model'].values())}",
         f"- most frequent: {counts['top_ops_outside_model']}", "",
     ]

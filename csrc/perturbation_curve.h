@@ -1,5 +1,7 @@
 #pragma once
-// Per-element rule of the perturbation_curve op, shared by the CPU and CUDA kernels.
+// Per-element rule of the perturbation_curve op. The CUDA kernel applies it as written; the CPU
+// kernel applies the equivalent int32 comparison of csrc/cpu/perturbation_curve.cpp (levels),
+// which vectorises, and the tests check it against this rule for any ranks and counts.
 //
 // A deletion/insertion curve point replaces the `count` highest-ranked pixels of the start
 // image with the finish image. A pixel's rank is its position in the descending (stable)

@@ -1,10 +1,11 @@
 // CPU implementation of samp_step: at::parallel_for over images; per image one fused pass for
-// momentum and projection, then a linear-time radix selection of the k-th key (a histogram of
-// the top digit of the order-preserving bit patterns, std::nth_element inside one bucket).
+// momentum and projection, then a linear-time MSD radix selection of the k-th key on the
+// order-preserving bit patterns (see select_kth), then the move of the chosen pixels.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <memory>
 #include <utility>
 #include <vector>
 
@@ -36,8 +37,8 @@ struct StepArgs {
 template <typename T>
 struct Workspace {
   using U = typename OrderedBits<T>::U;
-  // Top digit of the ordered key: as many bits as the image has pixels (16 at most), so a
-  // bucket holds a handful of keys on typical maps and small images clear a small histogram.
+  // Radix digit: as many bits as the image has pixels, 8 to 12, so that small images clear a
+  // small histogram and large ones split their keys finely.
   explicit Workspace(int64_t pixels)
       : proj(pixels), keys(pixels), chosen(pixels), digit_bits(std::clamp(bit_width(pixels), 8, 12)),
         histogram(size_t(1) << digit_bits) {
@@ -57,6 +58,17 @@ struct Workspace {
   std::vector<int64_t> histogram;
   std::vector<U> candidates;
 };
+
+// The calling thread's workspace for images of `pixels` pixels, kept across calls: the worker
+// threads persist, and fresh megabyte-sized buffers would cost page faults on every step.
+template <typename T>
+Workspace<T>& thread_workspace(int64_t pixels) {
+  thread_local std::unique_ptr<Workspace<T>> workspace;
+  if (!workspace || workspace->proj.size() != static_cast<size_t>(pixels)) {
+    workspace = std::make_unique<Workspace<T>>(pixels);
+  }
+  return *workspace;
+}
 
 // An inactive pixel's key: above every active key (those are at most to_ordered(+inf)).
 template <typename U>
@@ -217,7 +229,7 @@ void samp_step_cpu(at::Tensor point, const at::Tensor& end, const at::Tensor& gr
                                   static_cast<scalar_t>(momentum), static_cast<scalar_t>(atol),
                                   static_cast<scalar_t>(rtol), insertion, exact_ties};
     at::parallel_for(0, n_rows, 1, [&](int64_t begin, int64_t stop) {
-      Workspace<scalar_t> workspace(args.pixels);
+      Workspace<scalar_t>& workspace = thread_workspace<scalar_t>(args.pixels);
       for (int64_t r = begin; r < stop; ++r) {
         step_one_image(args, row_images[r], r, workspace);
       }
