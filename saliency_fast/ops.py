@@ -43,7 +43,8 @@ def samp_step(
     atol: float = 1e-8,
     rtol: float = 1e-5,
 ) -> None:
-    """One fused SAMP step for the images ``rows`` (distinct indices into the batch).
+    """One fused SAMP step for the images ``rows`` (distinct indices into the batch; the CPU
+    kernel checks this, the CUDA kernel cannot without a host sync).
 
     ``grad[i]`` is the score gradient at ``point[rows[i]]``. Updates ``point``, ``grad_avg``
     (momentum state; pass ``momentum=1`` on the first step), ``attribution``, ``active``

@@ -194,6 +194,9 @@ def test_bad_rows_and_k():
     with pytest.raises(RuntimeError, match="rows"):
         call(torch.ops.saliency_fast.samp_step, state, torch.tensor([0, 5]), k=2, momentum=1.0, insertion=False,
              exact_ties=False)
+    with pytest.raises(RuntimeError, match="rows must be distinct"):
+        call(torch.ops.saliency_fast.samp_step, state, torch.tensor([1, 1]), k=2, momentum=1.0, insertion=False,
+             exact_ties=False)
     with pytest.raises(RuntimeError, match="k"):
         call(torch.ops.saliency_fast.samp_step, state, torch.arange(2), k=0, momentum=1.0, insertion=False,
              exact_ties=False)

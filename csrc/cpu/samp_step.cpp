@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <memory>
 #include <utility>
 #include <vector>
@@ -215,9 +216,12 @@ void samp_step_cpu(at::Tensor point, const at::Tensor& end, const at::Tensor& gr
                   bound, k);
   const int64_t B = point.size(0), n_rows = rows.size(0);
   const int64_t* row_images = rows.data_ptr<int64_t>();
+  std::vector<bool> seen(B, false);  // two rows on one image would race on its state
   for (int64_t r = 0; r < n_rows; ++r) {
     TORCH_CHECK(row_images[r] >= 0 && row_images[r] < B, "rows[", r, "] = ", row_images[r],
                 " is outside [0, ", B, ")");
+    TORCH_CHECK(!seen[row_images[r]], "rows must be distinct, but image ", row_images[r], " appears twice");
+    seen[row_images[r]] = true;
   }
   AT_DISPATCH_FLOATING_TYPES(point.scalar_type(), "samp_step_cpu", [&] {
     const StepArgs<scalar_t> args{point.data_ptr<scalar_t>(), end.data_ptr<scalar_t>(),
@@ -228,9 +232,13 @@ void samp_step_cpu(at::Tensor point, const at::Tensor& end, const at::Tensor& gr
                                   point.size(1), point.size(2) * point.size(3), k,
                                   static_cast<scalar_t>(momentum), static_cast<scalar_t>(atol),
                                   static_cast<scalar_t>(rtol), insertion, exact_ties};
-    at::parallel_for(0, n_rows, 1, [&](int64_t begin, int64_t stop) {
+    // Images are handed out one at a time, not in fixed halves: images differ in how many
+    // pixels are still active, and on a shared machine one thread may run slower than another.
+    std::atomic<int64_t> next_row{0};
+    const int64_t tasks = std::min<int64_t>(n_rows, at::get_num_threads());
+    at::parallel_for(0, tasks, 1, [&](int64_t, int64_t) {
       Workspace<scalar_t>& workspace = thread_workspace<scalar_t>(args.pixels);
-      for (int64_t r = begin; r < stop; ++r) {
+      for (int64_t r = next_row++; r < n_rows; r = next_row++) {
         step_one_image(args, row_images[r], r, workspace);
       }
     });
