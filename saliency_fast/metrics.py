@@ -174,6 +174,7 @@ def _curve_logits(
             perturbed = ops.perturbation_curve(start[images], finish[images], ranks[images], counts[steps])
             b, s = perturbed.shape[:2]
             logits = model(perturbed.view(b * s, *perturbed.shape[2:]))
+            del perturbed  # freed before the next chunk is built: no fresh pages to fault in
             if logits.dim() != 2 or logits.shape[0] != b * s:
                 raise ValueError(f"the model must return logits of shape (B, classes), got shape {tuple(logits.shape)}")
             yield images, steps, logits.view(b, s, -1)
