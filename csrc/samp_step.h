@@ -33,8 +33,7 @@ SF_HOST_DEVICE T distance(T point, T end) {
 // A channel still has to move while |p − e| > atol + rtol·|e| (torch.isclose's rule).
 template <typename T>
 SF_HOST_DEVICE bool channel_active(T point, T end, T atol, T rtol) {
-  T gap = point - end;
-  return (gap < T(0) ? -gap : gap) > atol + rtol * (end < T(0) ? -end : end);
+  return distance(point, end) > atol + rtol * std::abs(end);
 }
 
 // IC: a step whose L1 size exceeds the bound is shrunk to the bound. bound = +inf: no IC.

@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <bit>
+#include <cstdint>
 #include <memory>
 #include <utility>
 #include <vector>
@@ -41,14 +43,10 @@ struct Workspace {
   // Radix digit: as many bits as the image has pixels, 8 to 12, so that small images clear a
   // small histogram and large ones split their keys finely.
   explicit Workspace(int64_t pixels)
-      : proj(pixels), keys(pixels), chosen(pixels), digit_bits(std::clamp(bit_width(pixels), 8, 12)),
+      : proj(pixels), keys(pixels), chosen(pixels),
+        digit_bits(std::clamp(static_cast<int>(std::bit_width(static_cast<uint64_t>(pixels))), 8, 12)),
         histogram(size_t(1) << digit_bits) {
     candidates.reserve(pixels);
-  }
-  static int bit_width(int64_t n) {
-    int bits = 0;
-    for (; n > 0; n >>= 1) ++bits;
-    return bits;
   }
   int shift() const { return OrderedBits<T>::kBits - digit_bits; }
 
@@ -96,6 +94,14 @@ void project(const StepArgs<T>& a, const T* point, const T* end, const T* grad, 
   }
 }
 
+// The bucket of `histogram` that holds the k-th key, counting from `below` keys in the buckets
+// before the histogram's first; adds the keys of the buckets it skips to `below`.
+size_t bucket_holding(const std::vector<int64_t>& histogram, int64_t k, int64_t& below) {
+  size_t bucket = 0;
+  while (below + histogram[bucket] < k) below += histogram[bucket++];
+  return bucket;
+}
+
 // The k-th smallest active key (k <= #active) and, for exact ties, how many pixels equal to it
 // still move. MSD radix select on the ordered bit patterns: the top digit's histogram (filled
 // by the keys pass) picks the bucket that holds the k-th key; while that bucket is large, the
@@ -108,8 +114,7 @@ std::pair<typename OrderedBits<T>::U, int64_t> select_kth(Workspace<T>& w, int64
   constexpr size_t kSmallBucket = 64;
   int shift = w.shift();
   int64_t below = 0;  // active keys in the buckets below the k-th key's bucket
-  U bucket = 0;
-  while (below + w.histogram[bucket] < k) below += w.histogram[bucket++];
+  const U bucket = bucket_holding(w.histogram, k, below);
   w.candidates.clear();
   for (int64_t p = 0; p < pixels; ++p) {
     const U key = w.keys[p];
@@ -121,8 +126,7 @@ std::pair<typename OrderedBits<T>::U, int64_t> select_kth(Workspace<T>& w, int64
     const auto digit = [&](U key) { return static_cast<size_t>((key >> next_shift) & digit_mask); };
     std::fill(w.histogram.begin(), w.histogram.end(), int64_t(0));
     for (const U key : w.candidates) w.histogram[digit(key)] += 1;
-    size_t sub_bucket = 0;
-    while (below + w.histogram[sub_bucket] < k) below += w.histogram[sub_bucket++];
+    const size_t sub_bucket = bucket_holding(w.histogram, k, below);
     const auto outside = [&](U key) { return digit(key) != sub_bucket; };
     w.candidates.erase(std::remove_if(w.candidates.begin(), w.candidates.end(), outside), w.candidates.end());
     shift = next_shift;
