@@ -185,8 +185,9 @@ def built_and_released(function, *args):
 def test_perturbation_curve_op(benchmark, curve_args):
     benchmark.pedantic(built_and_released, args=(ops.perturbation_curve, *curve_args), rounds=20, iterations=1,
                        warmup_rounds=2)
-    out = ops.perturbation_curve(*curve_args)
-    benchmark.extra_info.update(device=out.device.type, output_mb=out.numel() * out.element_size() / 2**20)
+    start, counts = curve_args[0], curve_args[3]
+    output_bytes = start.numel() * counts.numel() * start.element_size()
+    benchmark.extra_info.update(device=start.device.type, output_mb=output_bytes / 2**20)
 
 
 @pytest.mark.benchmark(group="perturbation_curve")

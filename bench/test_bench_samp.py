@@ -12,6 +12,7 @@ Groups (ratios in BENCHMARKS.md are against the row marked baseline):
   straightforward implementation of the whole path.
 """
 import math
+import statistics
 
 import pytest
 import torch
@@ -23,6 +24,7 @@ from saliency_fast.data import load_digits
 from saliency_fast.models import digits_cnn
 from saliency_fast.references import make_reference
 
+from .interleaved import interleaved_ratios
 from .straightforward_samp import straightforward_path, straightforward_step
 
 ROUNDS = 3
@@ -136,23 +138,11 @@ def test_samp_plus_end_to_end(benchmark, digits_work, recorded_batches, implemen
 
 
 def test_samp_plus_end_to_end_interleaved(benchmark, digits_work, recorded_batches):
-    """SAMP++ and the model-only lower bound run back to back, so that load drifting on a shared
-    machine cancels in each pair's ratio; extra_info holds the median and spread of the ratios."""
-    import statistics
-    import time
-
+    """SAMP++ and the model-only lower bound in interleaved pairs (bench/interleaved.py);
+    extra_info holds the median and spread of the per-pair ratios."""
     benchmark.group = "samp++ / lower bound, interleaved pairs: 64 digits, DigitsCNN"
     model, images, target = digits_work
-    ratios = []
-
-    def pair():
-        start = time.perf_counter()
-        sf.SAMP.plus(model).attribute(images, target)
-        middle = time.perf_counter()
-        model_only(model, images, target, recorded_batches)
-        ratios.append((middle - start) / (time.perf_counter() - middle))
-
-    run(benchmark, pair, rounds=9)
-    ratios = sorted(ratios[1:])  # the first pair is the warm-up round
+    ratios = interleaved_ratios(benchmark, lambda: sf.SAMP.plus(model).attribute(images, target),
+                                lambda: model_only(model, images, target, recorded_batches), rounds=9)
     benchmark.extra_info["median ratio SAMP++ / lower bound"] = round(statistics.median(ratios), 3)
     benchmark.extra_info["ratio range"] = f"{ratios[0]:.3f}–{ratios[-1]:.3f}"

@@ -13,11 +13,15 @@ Groups (the ratio of a row is its median over the group's baseline row):
   alone — 1 eval forward+input-backward, T eval forward+input-backwards, 1 train
   forward+backward of [x, x_adv] — plus the same Adam step. Target: ≤ 1.10×.
 """
+import statistics
+
 import pytest
 import torch
 
 from saliency_fast import _reference, ops, train
 from saliency_fast.models import DigitsCNN
+
+from .interleaved import interleaved_ratios
 
 ROUNDS = 5
 
@@ -143,24 +147,13 @@ def test_scaat_step_overhead(benchmark, one_thread, name, implementation):
 
 @pytest.mark.parametrize("name", list(MODELS))
 def test_scaat_step_overhead_interleaved(benchmark, one_thread, name):
-    """The same comparison as pairs run back to back, so that load drifting on a shared machine
-    cancels in each pair's ratio; extra_info holds the median of the per-pair ratios."""
-    import statistics
-    import time
-
+    """The same comparison in interleaved pairs (bench/interleaved.py); extra_info holds the
+    median of the per-pair ratios."""
     benchmark.group = f"scaat step / lower bound, interleaved pairs: {name}, T={STEPS}"
     model, x, y, optimizer = scaat_setup(name)
     method = train.SCAAT(epsilon=0.1, steps=STEPS, warmup_epochs=0)
     method.epoch_start(0, 1)
-    ratios = []
-
-    def pair():
-        start = time.perf_counter()
-        scaat_step(model, method, x, y, optimizer)
-        middle = time.perf_counter()
-        lower_bound_step(model, x, y, optimizer)
-        ratios.append((middle - start) / (time.perf_counter() - middle))
-
-    run(benchmark, pair, rounds=10)
+    ratios = interleaved_ratios(benchmark, lambda: scaat_step(model, method, x, y, optimizer),
+                                lambda: lower_bound_step(model, x, y, optimizer), rounds=10)
     benchmark.extra_info["threads"] = 1
-    benchmark.extra_info["median ratio SCAAT / lower bound"] = round(statistics.median(ratios[1:]), 3)
+    benchmark.extra_info["median ratio SCAAT / lower bound"] = round(statistics.median(ratios), 3)
