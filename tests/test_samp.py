@@ -219,6 +219,37 @@ def test_float32_inputs_run_natively():
     assert maps.dtype == torch.float32 and maps.shape == (2, 8, 8)
 
 
+class DtypeRecorder(nn.Module):
+    """Wraps a model and records the dtype of every batch it is called with."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.dtypes = model, set()
+
+    def forward(self, x):
+        self.dtypes.add(x.dtype)
+        return self.model(x)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_inputs_keep_the_path_in_float32(dtype):
+    """The model runs in the inputs' dtype; the path accumulates in float32, so completeness
+    holds to float32 rounding against the path's own end points for a model linear in its input
+    (its input gradient is exactly its weights, in any dtype)."""
+    model = DtypeRecorder(linear_model().to(dtype))
+    x = torch.rand(3, 2, 6, 6).to(dtype)
+    result = sf.SAMP(model, pixels_per_step=5, n_frag=7, momentum=0.5).attribute_paths(x)
+    assert model.dtypes == {dtype}
+    assert result.attribution.dtype == torch.float32
+    weights = model.model[1].weight.double()[result.target]
+    for path in result.paths.values():
+        assert path.reference.dtype == torch.float32
+        expected = (weights * (x.double() - path.reference.double()).flatten(1)).sum(1)
+        torch.testing.assert_close(path.attribution.flatten(1).sum(1).double(), expected, rtol=1e-5, atol=1e-5)
+        # the scores come from the model itself, in its own precision
+        torch.testing.assert_close(path.input_score - path.reference_score, expected.float(), rtol=0.05, atol=0.05)
+
+
 @pytest.mark.parametrize(
     "inputs, target, match",
     [

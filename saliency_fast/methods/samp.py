@@ -4,6 +4,10 @@ The algorithm is specified in shared/specs/samp.md. Each step is one forward + b
 the model (images that have converged leave the batch) followed by one native ``samp_step``
 op that does everything else: momentum, projection, k-th selection, IC scaling and the
 in-place update of the path state.
+
+float16/bfloat16 inputs: the model runs in the inputs' dtype, while the path (point, momentum,
+attribution) is kept in float32, so that many small partial steps do not round away; the maps
+are float32.
 """
 from __future__ import annotations
 
@@ -32,6 +36,8 @@ from ..references import SMALL_IMAGE_SIDE, Reference, make_reference
 from ._base import AttributionMethod
 
 PATHS = ("deletion", "insertion")
+PATH_DTYPES = {torch.float16: torch.float32, torch.bfloat16: torch.float32,
+               torch.float32: torch.float32, torch.float64: torch.float64}
 TIES = ("include", "exact")
 REDUCTIONS = ("sum", "norm")
 
@@ -112,6 +118,9 @@ class SAMP(AttributionMethod):
     ("zeros", "blur" or tensors), ``score`` ("logit", "probability", "log_probability"),
     ``reduction`` ("sum" or "norm"), ``normalize`` (final per-image min–max), ``ties``
     ("include" or "exact"), ``max_steps`` (per path; exceeding it raises).
+
+    Inputs may be float16/bfloat16 (the model runs in that dtype; the path is kept in float32 and
+    the maps are float32), float32 or float64.
     """
 
     def __init__(
@@ -172,8 +181,8 @@ class SAMP(AttributionMethod):
         """The map plus the raw per-path maps, steps, model calls and (with ``scores``) the
         scores of the inputs and references, which completeness checks need (one extra forward)."""
         check_images(inputs)
-        if inputs.dtype not in (torch.float32, torch.float64):
-            raise TypeError(f"inputs must be float32 or float64 for SAMP, got {inputs.dtype}")
+        if inputs.dtype not in PATH_DTYPES:
+            raise TypeError(f"inputs must be float16, bfloat16, float32 or float64 for SAMP, got {inputs.dtype}")
         model = self.model
         if isinstance(model, nn.Module):
             check_model_device(model, inputs)
@@ -184,13 +193,14 @@ class SAMP(AttributionMethod):
     # -- internals ----------------------------------------------------------------------
     def _attribute_paths(self, inputs: Tensor, target: Target, scores: bool) -> SAMPResult:
         target = resolve_target(self.model, inputs, target)
-        inputs = inputs.detach().contiguous()
+        model_dtype = inputs.dtype
+        inputs = inputs.detach().to(PATH_DTYPES[model_dtype]).contiguous()
         results = {}
         for name in self.paths:
             reference = make_reference(
                 self.references[name], inputs, f"{name}_reference", self.blur_kernel, self.blur_sigma
             )
-            results[name] = self._run_path(inputs, reference, target, name == "insertion", scores)
+            results[name] = self._run_path(inputs, reference, target, name == "insertion", scores, model_dtype)
         maps = [results[name].attribution for name in self.paths]
         if self.reduction == "norm":
             maps = [minmax_normalize(m) for m in maps]
@@ -198,7 +208,8 @@ class SAMP(AttributionMethod):
         final = minmax_normalize(raw) if self.normalize else raw
         return SAMPResult(attribution=final, raw=raw, paths=results, target=target)
 
-    def _run_path(self, inputs: Tensor, reference: Tensor, target: Tensor, insertion: bool, scores: bool) -> PathResult:
+    def _run_path(self, inputs: Tensor, reference: Tensor, target: Tensor, insertion: bool, scores: bool,
+                  model_dtype: torch.dtype) -> PathResult:
         start, end = (reference, inputs) if insertion else (inputs, reference)
         state = _PathState(start, end, self.n_frag)
         k = resolve_pixels_per_step(self.pixels_per_step, inputs.shape[-2], inputs.shape[-1])
@@ -221,7 +232,7 @@ class SAMP(AttributionMethod):
                 batch_target = target.index_select(0, rows)
                 live_key = live.size
             point = state.point if live.size == inputs.shape[0] else state.point.index_select(0, rows)
-            grad, _ = input_gradient(self.model, point, batch_target, self.score)
+            grad, _ = input_gradient(self.model, point.to(model_dtype), batch_target, self.score)
             state.step(grad, rows, k, momentum, insertion, self.ties == "exact")
             counts.snapshot()
             calls += 1
@@ -230,8 +241,9 @@ class SAMP(AttributionMethod):
         input_score = reference_score = None
         if scores:
             with torch.no_grad():
-                end_scores = score_outputs(self.model(torch.cat([inputs, reference])), target.repeat(2), self.score)
-            input_score, reference_score = end_scores.chunk(2)
+                ends = torch.cat([inputs, reference]).to(model_dtype)
+                end_scores = score_outputs(self.model(ends), target.repeat(2), self.score)
+            input_score, reference_score = end_scores.to(inputs.dtype).chunk(2)
         return PathResult(
             attribution=sign * state.attribution,
             steps=state.step_count,
@@ -259,7 +271,7 @@ class _PathState:
 
     def step(self, grad: Tensor, rows: Tensor, k: int, momentum: float, insertion: bool, exact_ties: bool) -> None:
         ops.samp_step(
-            self.point, self.end, grad.contiguous(), self.grad_avg, self.attribution, self.active,
+            self.point, self.end, grad.to(self.point.dtype).contiguous(), self.grad_avg, self.attribution, self.active,
             self.active_count, self.step_count, rows, self.bound, k, momentum, insertion, exact_ties,
         )
 
