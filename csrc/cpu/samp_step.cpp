@@ -36,26 +36,28 @@ struct StepArgs {
 };
 
 // Per-thread scratch, reused across images: the projection, every pixel's ordered key, the
-// chosen pixels, the radix histogram and the candidates of the bucket that holds the k-th key.
+// chosen pixels, the radix histogram, and the keys and pixels of the bucket that holds the k-th
+// key. Every array holds a whole image, so compaction into them needs no bounds check.
 template <typename T>
 struct Workspace {
   using U = typename OrderedBits<T>::U;
   // Radix digit: as many bits as the image has pixels, 8 to 12, so that small images clear a
   // small histogram and large ones split their keys finely.
   explicit Workspace(int64_t pixels)
-      : proj(pixels), keys(pixels), chosen(pixels),
+      : proj(pixels), keys(pixels), chosen(pixels), candidate_keys(pixels), candidate_pixels(pixels),
+        kth_scratch(pixels),
         digit_bits(std::clamp(static_cast<int>(std::bit_width(static_cast<uint64_t>(pixels))), 8, 12)),
-        histogram(size_t(1) << digit_bits) {
-    candidates.reserve(pixels);
-  }
+        histogram(size_t(1) << digit_bits) {}
   int shift() const { return OrderedBits<T>::kBits - digit_bits; }
 
   std::vector<T> proj;
   std::vector<U> keys;
-  std::vector<int64_t> chosen;  // the pixels this step moves, ascending
+  std::vector<int64_t> chosen;  // the pixels this step moves
+  std::vector<U> candidate_keys;
+  std::vector<int64_t> candidate_pixels;
+  std::vector<U> kth_scratch;  // a copy of the last candidates' keys for std::nth_element
   int digit_bits;
   std::vector<int64_t> histogram;
-  std::vector<U> candidates;
 };
 
 // The calling thread's workspace for images of `pixels` pixels, kept across calls: the worker
@@ -102,41 +104,81 @@ size_t bucket_holding(const std::vector<int64_t>& histogram, int64_t k, int64_t&
   return bucket;
 }
 
-// The k-th smallest active key (k <= #active) and, for exact ties, how many pixels equal to it
-// still move. MSD radix select on the ordered bit patterns: the top digit's histogram (filled
-// by the keys pass) picks the bucket that holds the k-th key; while that bucket is large, the
-// next digit's histogram of its keys narrows it again; std::nth_element finishes on a few keys.
-// Linear time, and no full pass of nth_element (branchy, mispredicting) over the image.
-template <typename T>
-std::pair<typename OrderedBits<T>::U, int64_t> select_kth(Workspace<T>& w, int64_t pixels, int64_t k,
-                                                          bool exact_ties) {
-  using U = typename OrderedBits<T>::U;
-  constexpr size_t kSmallBucket = 64;
-  int shift = w.shift();
-  int64_t below = 0;  // active keys in the buckets below the k-th key's bucket
-  const U bucket = bucket_holding(w.histogram, k, below);
-  w.candidates.clear();
-  for (int64_t p = 0; p < pixels; ++p) {
-    const U key = w.keys[p];
-    if (key != kInactiveKey<U> && (key >> shift) == bucket) w.candidates.push_back(key);
+// Splits (keys[i], pixels[i]) by the digit `digit(key)` against `bucket`: pixels of lower
+// digits are appended to `chosen` (their keys are below the k-th), those of `bucket` are kept,
+// in order, at the front of the candidate arrays (which may be `keys`/`pixels` themselves).
+// Every element is written and only the write positions depend on the digit, so there is no
+// data-dependent branch to mispredict. Returns the number kept.
+template <typename U, typename Digit>
+int64_t split_by_digit(const U* keys, const int64_t* pixels, int64_t n, Digit digit, size_t bucket,
+                       int64_t* chosen, int64_t& n_chosen, U* candidate_keys, int64_t* candidate_pixels) {
+  int64_t kept = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const U key = keys[i];
+    const int64_t pixel = pixels == nullptr ? i : pixels[i];
+    const size_t d = digit(key);
+    chosen[n_chosen] = pixel;
+    n_chosen += d < bucket;
+    candidate_keys[kept] = key;
+    candidate_pixels[kept] = pixel;
+    kept += d == bucket;
   }
-  while (w.candidates.size() > kSmallBucket && shift > 0) {
+  return kept;
+}
+
+// Chooses the pixels of the k smallest active keys (k <= #active) into w.chosen and returns
+// how many. MSD radix select on the ordered bit patterns: the top digit's histogram picks the
+// bucket that holds the k-th key; pixels in lower buckets are chosen at once; while the bucket
+// is large, the next digit's histogram of its keys narrows it again; std::nth_element finds the
+// k-th key among the few that are left. Ties with it all move, or with exact ties the first by
+// pixel index (candidates stay in index order). Linear time, and no full pass of nth_element
+// (branchy, mispredicting) over the image.
+template <typename T>
+int64_t choose_pixels(Workspace<T>& w, int64_t pixels, int64_t k, bool exact_ties) {
+  using U = typename OrderedBits<T>::U;
+  constexpr int64_t kSmallBucket = 64;
+  int64_t* chosen = w.chosen.data();
+  U* keys = w.candidate_keys.data();
+  int64_t* candidate_pixels = w.candidate_pixels.data();
+  int shift = w.shift();
+  int64_t below = 0;
+  size_t bucket = bucket_holding(w.histogram, k, below);
+  int64_t n_chosen = 0;  // split_by_digit chooses the `below` pixels of the lower buckets
+  int64_t n = split_by_digit(w.keys.data(), nullptr, pixels, [&](U key) { return static_cast<size_t>(key >> shift); },
+                             bucket, chosen, n_chosen, keys, candidate_pixels);
+  while (n > kSmallBucket && shift > 0) {
     const int next_shift = std::max(0, shift - w.digit_bits);
     const U digit_mask = (U(1) << (shift - next_shift)) - 1;  // the bits [next_shift, shift)
     const auto digit = [&](U key) { return static_cast<size_t>((key >> next_shift) & digit_mask); };
     std::fill(w.histogram.begin(), w.histogram.end(), int64_t(0));
-    for (const U key : w.candidates) w.histogram[digit(key)] += 1;
-    const size_t sub_bucket = bucket_holding(w.histogram, k, below);
-    const auto outside = [&](U key) { return digit(key) != sub_bucket; };
-    w.candidates.erase(std::remove_if(w.candidates.begin(), w.candidates.end(), outside), w.candidates.end());
+    for (int64_t i = 0; i < n; ++i) w.histogram[digit(keys[i])] += 1;
+    bucket = bucket_holding(w.histogram, k, below);
+    n = split_by_digit(keys, candidate_pixels, n, digit, bucket, chosen, n_chosen, keys, candidate_pixels);
     shift = next_shift;
   }
-  const auto kth_position = w.candidates.begin() + (k - below - 1);
-  std::nth_element(w.candidates.begin(), kth_position, w.candidates.end());
+  U* scratch = w.kth_scratch.data();
+  std::copy(keys, keys + n, scratch);
+  U* const kth_position = scratch + (k - n_chosen - 1);
+  std::nth_element(scratch, kth_position, scratch + n);
   const U kth = *kth_position;
-  if (!exact_ties) return {kth, 0};
-  below += std::count_if(w.candidates.begin(), w.candidates.end(), [kth](U key) { return key < kth; });
-  return {kth, k - below};
+  int64_t tie_quota = n;  // every tie moves, unless exactly k must
+  if (exact_ties) tie_quota = k - n_chosen - std::count_if(keys, keys + n, [kth](U key) { return key < kth; });
+  for (int64_t i = 0; i < n; ++i) {
+    const bool tie = keys[i] == kth;
+    chosen[n_chosen] = candidate_pixels[i];
+    n_chosen += keys[i] < kth || (tie && tie_quota > 0);
+    tie_quota -= tie;
+  }
+  return n_chosen;
+}
+
+// The active pixels of an image. The bools are summed as 0/1 bytes: GCC does not vectorise a
+// sum of bools.
+int64_t count_active(const bool* active, int64_t pixels) {
+  const auto* bytes = reinterpret_cast<const uint8_t*>(active);
+  uint64_t count = 0;
+  for (int64_t p = 0; p < pixels; ++p) count += bytes[p];
+  return static_cast<int64_t>(count);
 }
 
 // One image: `image` indexes the state, `row` the gradient.
@@ -149,45 +191,37 @@ void step_one_image(const StepArgs<T>& a, int64_t image, int64_t row, Workspace<
   bool* active = a.active + image * HW;
   const T* grad = a.grad + row * C * HW;
   T* grad_avg = a.grad_avg + image * C * HW;
+  const T* proj = w.proj.data();
   if (a.momentum == T(1)) {
     project<true>(a, point, end, grad, grad_avg, w.proj.data());
   } else {
     project<false>(a, point, end, grad, grad_avg, w.proj.data());
   }
 
-  // 1. every pixel's ordered key and the histogram of the active keys' top digit.
-  std::fill(w.histogram.begin(), w.histogram.end(), int64_t(0));
-  const int shift = w.shift();
-  int64_t n_active = 0;
-  for (int64_t p = 0; p < HW; ++p) {
-    U key = kInactiveKey<U>;
-    if (active[p]) {
-      key = to_ordered(samp::selection_key(w.proj[p], a.insertion));
-      w.histogram[key >> shift] += 1;
-      n_active += 1;
-    }
-    w.keys[p] = key;
-  }
+  // 1. every pixel's ordered key, then the histogram of the top digit, marking inactive pixels
+  //    with a key above every active one. The first loop vectorises; the second is a chain of
+  //    increments anyway.
+  const int64_t n_active = count_active(active, HW);
   if (n_active == 0) {
     a.active_count[image] = 0;
     return;
   }
   a.step_count[image] += 1;
-
-  // 2. the k-th smallest key among active pixels, then the chosen set: keys below it, and ties
-  //    with it (all, or the first `tie_quota` by index).
-  auto [kth, tie_quota] = select_kth(w, HW, std::min(a.k, n_active), a.exact_ties);
-  // Branch-free compaction: about k of the HW pixels are taken, in no predictable pattern.
-  int64_t* chosen = w.chosen.data();
-  int64_t n_chosen = 0;
-  T step_l1 = T(0);
+  U* keys = w.keys.data();
+  for (int64_t p = 0; p < HW; ++p) keys[p] = to_ordered(samp::selection_key(proj[p], a.insertion));
+  std::fill(w.histogram.begin(), w.histogram.end(), int64_t(0));
+  const int shift = w.shift();
   for (int64_t p = 0; p < HW; ++p) {
-    const U key = w.keys[p];  // inactive pixels are above kth
-    const bool tie = key == kth;
-    chosen[n_chosen] = p;
-    n_chosen += key < kth || (tie && (!a.exact_ties || tie_quota > 0));
-    tie_quota -= tie && a.exact_ties;
+    const U key = keys[p] | (U(active[p]) - U(1));  // kInactiveKey (all bits set) where inactive
+    keys[p] = key;
+    w.histogram[key >> shift] += 1;
   }
+  w.histogram.back() -= HW - n_active;  // kInactiveKey's bucket: count active keys only
+
+  // 2. the pixels of the k smallest keys (and ties), then their L1 size for IC.
+  const int64_t n_chosen = choose_pixels(w, HW, std::min(a.k, n_active), a.exact_ties);
+  const int64_t* chosen = w.chosen.data();
+  T step_l1 = T(0);
   for (int64_t j = 0; j < n_chosen; ++j) {
     const int64_t p = chosen[j];
     for (int64_t c = 0; c < C; ++c) step_l1 += samp::distance(point[c * HW + p], end[c * HW + p]);
@@ -198,7 +232,7 @@ void step_one_image(const StepArgs<T>& a, int64_t image, int64_t row, Workspace<
   int64_t finished = 0;
   for (int64_t j = 0; j < n_chosen; ++j) {
     const int64_t p = chosen[j];
-    a.attribution[image * HW + p] += scale * w.proj[p];
+    a.attribution[image * HW + p] += scale * proj[p];
     bool still_active = false;
     for (int64_t c = 0; c < C; ++c) {
       const int64_t i = c * HW + p;
