@@ -1,6 +1,9 @@
-"""Time a candidate against its lower bound in interleaved pairs: each round runs one, then the
-other, back to back, so that load drifting on a shared machine cancels in each pair's ratio."""
+"""Time a candidate against its lower bound so that the load drifting on a shared machine
+cancels: whole runs in interleaved pairs, or, finer, call by call inside one run."""
 import time
+
+import torch
+from torch import nn
 
 
 def interleaved_ratios(benchmark, candidate, bound, rounds):
@@ -17,3 +20,38 @@ def interleaved_ratios(benchmark, candidate, bound, rounds):
 
     benchmark.pedantic(pair, rounds=rounds, iterations=1, warmup_rounds=1)
     return sorted(ratios[1:])  # the first pair is the warm-up round
+
+
+class WithBoundCalls(nn.Module):
+    """The candidate's model, which before each of its calls runs the lower bound's call of the
+    same batch size, ``bound_call(batch_size)``, timed apart. Candidate and bound then see the
+    same machine state to within one model call. ``only_with_grad``: skip calls made without
+    autograd (e.g. SAMP's one-image call that learns the class count)."""
+
+    def __init__(self, model: nn.Module, bound_call, only_with_grad: bool = False):
+        super().__init__()
+        self.model, self.bound_call, self.only_with_grad = model, bound_call, only_with_grad
+        self.bound_seconds = 0.0
+
+    def forward(self, x):
+        if not self.only_with_grad or torch.is_grad_enabled():
+            start = time.perf_counter()
+            self.bound_call(x.shape[0])
+            self.bound_seconds += time.perf_counter() - start
+        return self.model(x)
+
+
+def call_by_call_ratios(benchmark, candidate, wrapped: WithBoundCalls, rounds):
+    """Run ``candidate(wrapped)`` ``rounds`` times (after one warm-up) and return the sorted
+    ratios (run time − bound calls' time) / bound calls' time. pytest-benchmark records whole runs."""
+    ratios = []
+
+    def run():
+        wrapped.bound_seconds = 0.0
+        start = time.perf_counter()
+        candidate(wrapped)
+        total = time.perf_counter() - start
+        ratios.append((total - wrapped.bound_seconds) / wrapped.bound_seconds)
+
+    benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=1)
+    return sorted(ratios[1:])

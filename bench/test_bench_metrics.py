@@ -6,6 +6,9 @@ Groups (64 images of 1×32×32, the DigitsCNN, pixels_per_step = 10 → 104 curv
 - ``deletion_insertion``: sf.metrics.deletion_insertion (both paths) vs the model-only lower
   bound (the same forward calls, same batch sizes, no perturbation work) and vs a plain
   one-call-per-step loop (an incrementally perturbed batch of 64 images per step).
+- ``deletion_insertion / lower bound, call by call``: the same ratio with the bound's call of
+  each batch size run right before the metric's own (bench/interleaved.py), so that load drift
+  on a shared machine cancels.
 - ``deletion_vs_quantus``: the deletion path alone vs Quantus PixelFlipping on the same work
   (baseline 0.0 — Quantus "black" is the image minimum —, logits; Quantus skips the unperturbed
   point). Quantus requires the step to divide H·W, so this group uses 8 pixels per step (128
@@ -14,6 +17,7 @@ Groups (64 images of 1×32×32, the DigitsCNN, pixels_per_step = 10 → 104 curv
   scatter-per-step PyTorch loop producing the same tensor (the model is free: no forward).
 """
 import math
+import statistics
 
 import numpy as np
 import pytest
@@ -23,6 +27,8 @@ from saliency_fast import metrics, ops
 from saliency_fast._common import score_outputs
 from saliency_fast.models import DigitsCNN, digits_cnn
 from saliency_fast.references import make_reference
+
+from .interleaved import WithBoundCalls, call_by_call_ratios
 
 BATCH, SIDE, PIXELS_PER_STEP = 64, 32, 10
 QUANTUS_PIXELS_PER_STEP = 8  # Quantus asserts H·W % features_in_step == 0 (1024 % 10 != 0)
@@ -147,6 +153,20 @@ def test_plain_loop_one_call_per_step(benchmark, model, work):
     expected = sf_deletion_insertion(model, *work)  # the same work: the same AUCs
     torch.testing.assert_close(deletion_auc, expected.deletion_auc, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(insertion_auc, expected.insertion_auc, rtol=1e-4, atol=1e-5)
+
+
+def test_deletion_insertion_vs_lower_bound_call_by_call(benchmark, model, work):
+    benchmark.group = "deletion_insertion / lower bound, call by call"
+    buffer = torch.rand(max(recorded_batch_sizes(model, *work)), 1, SIDE, SIDE)
+
+    def bound_call(size):
+        with torch.no_grad():
+            model(buffer[:size])
+
+    wrapped = WithBoundCalls(model, bound_call)
+    ratios = call_by_call_ratios(benchmark, lambda m: sf_deletion_insertion(m, *work), wrapped, rounds=5)
+    benchmark.extra_info["median ratio deletion_insertion / lower bound"] = round(statistics.median(ratios), 3)
+    benchmark.extra_info["ratio range"] = f"{ratios[0]:.3f}–{ratios[-1]:.3f}"
 
 
 # --- group: deletion_vs_quantus -----------------------------------------------------------------

@@ -9,7 +9,9 @@ Groups (ratios in BENCHMARKS.md are against the row marked baseline):
   quantile-based step (bench/straightforward_samp.py).
 - ``samp++ end to end``: SAMP++ on 64 test digits with the shipped CNN vs the model-only lower
   bound (the same forward+input-gradient calls with the same batch sizes) vs the
-  straightforward implementation of the whole path.
+  straightforward implementation of the whole path. The same ratio is also measured in
+  interleaved pairs of whole runs and, least exposed to load drift, call by call
+  (bench/interleaved.py).
 """
 import math
 import statistics
@@ -24,7 +26,7 @@ from saliency_fast.data import load_digits
 from saliency_fast.models import digits_cnn
 from saliency_fast.references import make_reference
 
-from .interleaved import interleaved_ratios
+from .interleaved import WithBoundCalls, call_by_call_ratios, interleaved_ratios
 from .straightforward_samp import straightforward_path, straightforward_step
 
 ROUNDS = 3
@@ -144,5 +146,18 @@ def test_samp_plus_end_to_end_interleaved(benchmark, digits_work, recorded_batch
     model, images, target = digits_work
     ratios = interleaved_ratios(benchmark, lambda: sf.SAMP.plus(model).attribute(images, target),
                                 lambda: model_only(model, images, target, recorded_batches), rounds=9)
+    benchmark.extra_info["median ratio SAMP++ / lower bound"] = round(statistics.median(ratios), 3)
+    benchmark.extra_info["ratio range"] = f"{ratios[0]:.3f}–{ratios[-1]:.3f}"
+
+
+def test_samp_plus_vs_lower_bound_call_by_call(benchmark, digits_work):
+    """Before each SAMP++ model call, the lower bound's call of the same batch size runs, timed
+    apart (bench/interleaved.py); extra_info holds the median and spread over the rounds of
+    (SAMP++ time) / (lower bound time)."""
+    benchmark.group = "samp++ / lower bound, call by call: 64 digits, DigitsCNN"
+    model, images, target = digits_work
+    wrapped = WithBoundCalls(model, lambda size: input_gradient(model, images[:size], target[:size]),
+                             only_with_grad=True)
+    ratios = call_by_call_ratios(benchmark, lambda m: sf.SAMP.plus(m).attribute(images, target), wrapped, rounds=5)
     benchmark.extra_info["median ratio SAMP++ / lower bound"] = round(statistics.median(ratios), 3)
     benchmark.extra_info["ratio range"] = f"{ratios[0]:.3f}–{ratios[-1]:.3f}"
