@@ -25,8 +25,11 @@ def interleaved_ratios(benchmark, candidate, bound, rounds):
 class WithBoundCalls(nn.Module):
     """The candidate's model, which before each of its calls runs the lower bound's call of the
     same batch size, ``bound_call(batch_size)``, timed apart. Candidate and bound then see the
-    same machine state to within one model call. ``only_with_grad``: skip calls made without
-    autograd (e.g. SAMP's one-image call that learns the class count)."""
+    same machine state to within one model call. The order is not neutral: whatever the
+    candidate's own work evicts from the caches is paid by the bound's next call, so the ratio
+    counts the candidate's work outside the model in full but not its cache disturbance of the
+    model (whole-run pairs count both, with far more noise). ``only_with_grad``: skip calls made
+    without autograd (e.g. SAMP's one-image call that learns the class count)."""
 
     def __init__(self, model: nn.Module, bound_call, only_with_grad: bool = False):
         super().__init__()
