@@ -1,38 +1,56 @@
-"""IG vs Captum IG at n_steps = 200 on 64 digits: time and peak RSS growth, each in its own process.
+"""Peak memory of IG vs Captum IG on 64 digits, each in a fresh process (so one run's allocator
+caches do not hide the other's peak). Used by bench/test_bench_ig.py; also runs alone:
 
-    PYTHONPATH=. .venv/bin/python bench/ig_peak_memory.py          # runs both and prints a line each
+    PYTHONPATH=. .venv/bin/python bench/ig_peak_memory.py [n_steps]    # one line per implementation
 """
+import json
 import resource
 import subprocess
 import sys
-import time
+
+IMPLEMENTATIONS = ("saliency_fast", "captum")
 
 
-def measure(which: str) -> str:
+def ig_call(which: str, model, n_steps: int):
+    """The IG call being compared: Gauss–Legendre, ``n_steps`` points, on (images, target)."""
+    if which == "saliency_fast":
+        import saliency_fast as sf
+
+        method = sf.IntegratedGradients(model, n_steps=n_steps, method="gausslegendre")
+        return lambda images, target: method.attribute(images, target)
+    from captum.attr import IntegratedGradients
+
+    method = IntegratedGradients(model)
+    return lambda images, target: method.attribute(images, target=target, n_steps=n_steps, method="gausslegendre")
+
+
+def measure_here(which: str, n_steps: int) -> float:
+    """Growth of this process's peak RSS (MB) over one IG call on 64 digits."""
     import torch
 
-    import saliency_fast as sf
     from saliency_fast.data import load_digits
+    from saliency_fast.models import digits_cnn
 
-    model = sf.models.digits_cnn()
+    model = digits_cnn()
     images = load_digits("test")[0][:64]
-    target = model(images).argmax(1)
-    torch.set_num_threads(1)
+    with torch.no_grad():
+        target = model(images).argmax(1)
+    call = ig_call(which, model, n_steps)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    start = time.perf_counter()
-    if which == "saliency_fast":
-        sf.IntegratedGradients(model, n_steps=200, method="gausslegendre").attribute(images, target)
-    else:
-        from captum.attr import IntegratedGradients
+    call(images, target)
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024  # ru_maxrss is in KB
 
-        IntegratedGradients(model).attribute(images, target=target, n_steps=200, method="gausslegendre")
-    grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
-    return f"{which}: {time.perf_counter() - start:.2f} s, peak RSS growth {grown:.0f} MB"
+
+def peak_rss_growth_mb(which: str, n_steps: int) -> float:
+    """measure_here in a fresh Python process."""
+    done = subprocess.run([sys.executable, __file__, which, str(n_steps)], check=True, capture_output=True, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])["peak_rss_growth_mb"]
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1:
-        print(measure(sys.argv[1]))
+    if len(sys.argv) == 3:
+        print(json.dumps({"peak_rss_growth_mb": measure_here(sys.argv[1], int(sys.argv[2]))}))
     else:
-        for which in ("saliency_fast", "captum"):
-            subprocess.run([sys.executable, __file__, which], check=True)
+        steps = int(sys.argv[1]) if len(sys.argv) > 1 else 200
+        for name in IMPLEMENTATIONS:
+            print(f"{name}: peak RSS growth {peak_rss_growth_mb(name, steps):.0f} MB at n_steps = {steps}")

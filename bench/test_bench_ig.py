@@ -1,0 +1,41 @@
+"""Integrated Gradients vs Captum's at equal n_steps (pytest-benchmark): time, and the growth of
+peak memory over one call measured in a fresh process each (bench/ig_peak_memory.py).
+
+    .venv/bin/python -m pytest bench/test_bench_ig.py --benchmark-only
+
+64 digits of 1×32×32, the DigitsCNN, Gauss–Legendre points; Captum IG is the baseline row, so
+the ratio column is our time over Captum's. Our IG streams the path points in chunks (memory
+bounded whatever n_steps); Captum expands all n_steps × 64 images into one batch.
+"""
+import pytest
+import torch
+
+from saliency_fast.data import load_digits
+from saliency_fast.models import digits_cnn
+
+from .ig_peak_memory import ig_call, peak_rss_growth_mb
+
+captum = pytest.importorskip("captum")
+
+N_STEPS = (50, 200)
+ROUNDS = 3
+
+
+@pytest.fixture(scope="module")
+def digits_work():
+    model = digits_cnn()
+    images = load_digits("test")[0][:64]
+    with torch.no_grad():
+        target = model(images).argmax(1)
+    return model, images, target
+
+
+@pytest.mark.parametrize("which", ["saliency_fast", "captum"])
+@pytest.mark.parametrize("n_steps", N_STEPS)
+def test_ig_vs_captum(benchmark, digits_work, n_steps, which):
+    benchmark.group = f"IG vs Captum IG, n_steps = {n_steps}: 64 digits, DigitsCNN"
+    benchmark.extra_info["baseline"] = which == "captum"
+    model, images, target = digits_work
+    benchmark.pedantic(ig_call(which, model, n_steps), args=(images, target), rounds=ROUNDS, iterations=1,
+                       warmup_rounds=1)
+    benchmark.extra_info[f"peak_rss_growth_mb[{which}]"] = round(peak_rss_growth_mb(which, n_steps))
