@@ -4,7 +4,6 @@ caches do not hide the other's peak). Used by bench/test_bench_ig.py; also runs 
     PYTHONPATH=. .venv/bin/python bench/ig_peak_memory.py [n_steps]    # one line per implementation
 """
 import json
-import resource
 import subprocess
 import sys
 
@@ -24,6 +23,14 @@ def ig_call(which: str, model, n_steps: int):
     return lambda images, target: method.attribute(images, target=target, n_steps=n_steps, method="gausslegendre")
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident set (VmHWM). Not getrusage's ru_maxrss: Linux carries that
+    across fork and exec, so a child of a large process would report its parent's peak."""
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024  # kB
+
+
 def measure_here(which: str, n_steps: int) -> float:
     """Growth of this process's peak RSS (MB) over one IG call on 64 digits."""
     import torch
@@ -36,9 +43,9 @@ def measure_here(which: str, n_steps: int) -> float:
     with torch.no_grad():
         target = model(images).argmax(1)
     call = ig_call(which, model, n_steps)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = peak_rss_mb()
     call(images, target)
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024  # ru_maxrss is in KB
+    return peak_rss_mb() - before
 
 
 def peak_rss_growth_mb(which: str, n_steps: int) -> float:
