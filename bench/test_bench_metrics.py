@@ -13,6 +13,8 @@ Groups (64 images of 1×32×32, the DigitsCNN, pixels_per_step = 10 → 104 curv
   (baseline 0.0 — Quantus "black" is the image minimum —, logits; Quantus skips the unperturbed
   point). Quantus requires the step to divide H·W, so this group uses 8 pixels per step (128
   steps) for both.
+- ``deletion vs Quantus, interleaved pairs``: the same two runs back to back, so that load drift
+  cancels; extra_info holds the median and spread of Quantus time / our time.
 - ``perturbation_curve``: building all (64, 104, 1, 32, 32) perturbed images with the op vs a
   scatter-per-step PyTorch loop producing the same tensor (the model is free: no forward).
 """
@@ -28,7 +30,7 @@ from saliency_fast._common import score_outputs
 from saliency_fast.models import DigitsCNN, digits_cnn
 from saliency_fast.references import make_reference
 
-from .interleaved import WithBoundCalls, call_by_call_ratios
+from .interleaved import WithBoundCalls, call_by_call_ratios, interleaved_ratios
 
 BATCH, SIDE, PIXELS_PER_STEP = 64, 32, 10
 QUANTUS_PIXELS_PER_STEP = 8  # Quantus asserts H·W % features_in_step == 0 (1024 % 10 != 0)
@@ -182,6 +184,16 @@ def test_quantus_pixel_flipping(benchmark, model, work):
     expected = sf_deletion_insertion(model, *work, paths=("deletion",), pixels_per_step=QUANTUS_PIXELS_PER_STEP)
     expected = expected.deletion_curve[:, 1:]
     torch.testing.assert_close(torch.from_numpy(curves).float(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_deletion_vs_quantus_interleaved(benchmark, model, work):
+    pytest.importorskip("quantus")
+    benchmark.group = "deletion vs Quantus, interleaved pairs"
+    ours = lambda: sf_deletion_insertion(model, *work, paths=("deletion",), pixels_per_step=QUANTUS_PIXELS_PER_STEP)
+    # interleaved_ratios gives candidate / bound: Quantus is the candidate, so > 1 means we are faster
+    ratios = interleaved_ratios(benchmark, lambda: quantus_pixel_flipping(model, *work), ours, rounds=5)
+    benchmark.extra_info["median ratio Quantus / ours"] = round(statistics.median(ratios), 3)
+    benchmark.extra_info["ratio range"] = f"{ratios[0]:.3f}–{ratios[-1]:.3f}"
 
 
 # --- group: perturbation_curve ------------------------------------------------------------------
