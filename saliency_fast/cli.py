@@ -15,6 +15,9 @@ COMMANDS = ("demo", "explain", "evaluate", "train", "attribute", "bench")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="saliency-fast", description="Faithful, fast saliency maps for PyTorch.")
     parser.add_argument("--version", action="store_true", help="print the version and build information")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc's malloc as it is (by default freed memory is kept for reuse: "
+                             "faster on CPU, at the cost of resident memory; see saliency_fast.allocator)")
     subparsers = parser.add_subparsers(dest="command")
     for name in COMMANDS:
         try:
@@ -38,6 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if not args.default_malloc:
+        from .allocator import tune_cpu_allocator
+
+        tune_cpu_allocator()
     try:
         return int(args.func(args) or 0)
     except (ValueError, TypeError, FileNotFoundError) as error:

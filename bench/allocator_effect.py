@@ -1,0 +1,72 @@
+"""SAMP++ on 64 digits with glibc's malloc as it is and after sf.tune_cpu_allocator(), each in a
+fresh process (malloc settings are process-wide). Used by write_benchmarks.py; also runs alone:
+
+    PYTHONPATH=. .venv/bin/python bench/allocator_effect.py
+"""
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODES = ("default", "tuned")
+CALLS = 3
+
+
+def measure_here(mode: str) -> dict:
+    import saliency_fast as sf
+    from saliency_fast.data import load_digits
+
+    if mode == "tuned" and not sf.tune_cpu_allocator():
+        return {"applied": False}
+    model = sf.models.digits_cnn()
+    images = load_digits("test")[0][:64]
+    target = model(images).argmax(1)
+    method = sf.SAMP.plus(model)
+    method.attribute(images, target)  # warm-up
+    seconds, faults = [], []
+    for _ in range(CALLS):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        start = time.perf_counter()
+        method.attribute(images, target)
+        seconds.append(time.perf_counter() - start)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    return {"applied": True, "seconds": statistics.median(seconds), "minor_faults": statistics.median(faults),
+            "ratio_to_bound": call_by_call_ratio(model, images, target)}
+
+
+def call_by_call_ratio(model, images, target) -> float:
+    """Median over CALLS runs of SAMP++ time / model-only lower bound time, call by call
+    (bench/interleaved.py), in this process's malloc setting."""
+    import saliency_fast as sf
+    from saliency_fast._common import input_gradient
+
+    sys.path.insert(0, ROOT)
+    from bench.interleaved import WithBoundCalls
+
+    wrapped = WithBoundCalls(model, lambda size: input_gradient(model, images[:size], target[:size]),
+                             only_with_grad=True)
+    ratios = []
+    for _ in range(CALLS):
+        wrapped.bound_seconds = 0.0
+        start = time.perf_counter()
+        sf.SAMP.plus(wrapped).attribute(images, target)
+        ratios.append((time.perf_counter() - start - wrapped.bound_seconds) / wrapped.bound_seconds)
+    return statistics.median(ratios)
+
+
+def measure(mode: str) -> dict:
+    """measure_here in a fresh Python process."""
+    done = subprocess.run([sys.executable, __file__, mode], check=True, capture_output=True, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 2:
+        print(json.dumps(measure_here(sys.argv[1])))
+    else:
+        for name in MODES:
+            print(name, measure(name))
