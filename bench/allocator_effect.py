@@ -35,27 +35,22 @@ def measure_here(mode: str) -> dict:
         seconds.append(time.perf_counter() - start)
         faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
     return {"applied": True, "seconds": statistics.median(seconds), "minor_faults": statistics.median(faults),
-            "ratio_to_bound": call_by_call_ratio(model, images, target)}
+            "ratio_to_bound": call_by_call_ratio_median(model, images, target)}
 
 
-def call_by_call_ratio(model, images, target) -> float:
+def call_by_call_ratio_median(model, images, target) -> float:
     """Median over CALLS runs of SAMP++ time / model-only lower bound time, call by call
     (bench/interleaved.py), in this process's malloc setting."""
     import saliency_fast as sf
     from saliency_fast._common import input_gradient
 
     sys.path.insert(0, ROOT)
-    from bench.interleaved import WithBoundCalls
+    from bench.interleaved import WithBoundCalls, call_by_call_ratio
 
     wrapped = WithBoundCalls(model, lambda size: input_gradient(model, images[:size], target[:size]),
                              only_with_grad=True)
-    ratios = []
-    for _ in range(CALLS):
-        wrapped.bound_seconds = 0.0
-        start = time.perf_counter()
-        sf.SAMP.plus(wrapped).attribute(images, target)
-        ratios.append((time.perf_counter() - start - wrapped.bound_seconds) / wrapped.bound_seconds)
-    return statistics.median(ratios)
+    samp_plus = lambda m: sf.SAMP.plus(m).attribute(images, target)
+    return statistics.median(call_by_call_ratio(samp_plus, wrapped) for _ in range(CALLS))
 
 
 def measure(mode: str) -> dict:

@@ -44,17 +44,19 @@ class WithBoundCalls(nn.Module):
         return self.model(x)
 
 
+def call_by_call_ratio(candidate, wrapped: WithBoundCalls) -> float:
+    """One run of ``candidate(wrapped)``: (run time − bound calls' time) / bound calls' time."""
+    wrapped.bound_seconds = 0.0
+    start = time.perf_counter()
+    candidate(wrapped)
+    total = time.perf_counter() - start
+    return (total - wrapped.bound_seconds) / wrapped.bound_seconds
+
+
 def call_by_call_ratios(benchmark, candidate, wrapped: WithBoundCalls, rounds):
     """Run ``candidate(wrapped)`` ``rounds`` times (after one warm-up) and return the sorted
-    ratios (run time − bound calls' time) / bound calls' time. pytest-benchmark records whole runs."""
+    call_by_call_ratio of each; pytest-benchmark records whole runs."""
     ratios = []
-
-    def run():
-        wrapped.bound_seconds = 0.0
-        start = time.perf_counter()
-        candidate(wrapped)
-        total = time.perf_counter() - start
-        ratios.append((total - wrapped.bound_seconds) / wrapped.bound_seconds)
-
-    benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=1)
+    benchmark.pedantic(lambda: ratios.append(call_by_call_ratio(candidate, wrapped)), rounds=rounds, iterations=1,
+                       warmup_rounds=1)
     return sorted(ratios[1:])
