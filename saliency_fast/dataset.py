@@ -48,6 +48,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from .methods import GradCAM, GuidedIG, InputXGradient, IntegratedGradients, SAMP, Saliency, SmoothGrad
+from ._distributed import destroy_process_group, init_process_group_from_env
 from .train.checkpoint import atomic_write_bytes
 
 __all__ = ["attribute_dataset", "load_attributions", "make_method", "method_parameters", "AttributionSet",
@@ -426,10 +427,7 @@ class _Processes:
     us and nobody has yet), or a single process."""
 
     def __init__(self):
-        self.owns_group = False
-        if dist.is_available() and not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-            self.owns_group = True
+        self.owns_group = init_process_group_from_env()
         self.active = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         self.rank = dist.get_rank() if self.active else 0
         self.world = dist.get_world_size() if self.active else 1
@@ -440,7 +438,7 @@ class _Processes:
 
     def close(self) -> None:
         if self.owns_group:
-            dist.destroy_process_group()
+            destroy_process_group()
 
 
 def _resolve_device(model: nn.Module, device, processes: _Processes) -> torch.device:

@@ -9,7 +9,9 @@ final weights as an uninterrupted one.
 Under ``torchrun`` (WORLD_SIZE > 1) the model is wrapped in DistributedDataParallel (gloo on
 CPU, NCCL on CUDA). Every process iterates the same loader (same seed, same order) and trains
 on its contiguous slice of each global batch; DDP averages the gradients, so with equal slices
-and batch-mean losses the update equals the one-process update on the whole batch.
+and batch-mean losses the update equals the one-process update on the whole batch. If no
+process group exists, ``fit`` creates one and destroys it when it returns (as
+``attribute_dataset`` does); initialise the group yourself to keep it beyond ``fit``.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._distributed import destroy_process_group, init_process_group_from_env
 from . import checkpoint as ckpt
 from .methods import TrainingMethod
 
@@ -49,8 +52,7 @@ class _Distributed:
     """This process's place in a torchrun job (or a single process)."""
 
     def __init__(self):
-        if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+        self.owns_group = init_process_group_from_env()
         self.active = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         self.rank = dist.get_rank() if self.active else 0
         self.world = dist.get_world_size() if self.active else 1
@@ -83,6 +85,10 @@ class _Distributed:
     def barrier(self) -> None:
         if self.active:
             dist.barrier()
+
+    def close(self) -> None:
+        if self.owns_group:
+            destroy_process_group()
 
 
 def _resolve_device(model: nn.Module, device: Optional[Union[str, torch.device]], distributed: _Distributed):
@@ -303,6 +309,15 @@ def fit(model: nn.Module, method: TrainingMethod, train_loader: Iterable, epochs
     if not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
     distributed = _Distributed()
+    try:
+        return _train(model, method, train_loader, epochs, optimizer, val_loader, checkpoint_dir, resume, device, amp,
+                      progress, scheduler, distributed)
+    finally:
+        distributed.close()  # the trainer, and its DDP wrapper, are gone with _train's frame
+
+
+def _train(model, method, train_loader, epochs, optimizer, val_loader, checkpoint_dir, resume, device, amp, progress,
+           scheduler, distributed: _Distributed) -> History:
     device = _resolve_device(model, device, distributed)
     model.to(device)
     method.to(device)
