@@ -1,4 +1,4 @@
-"""The process group of a torchrun job, shared by training and dataset attribution."""
+"""This process's place in a torchrun job, shared by training and dataset attribution."""
 from __future__ import annotations
 
 import gc
@@ -8,13 +8,27 @@ import torch
 import torch.distributed as dist
 
 
-def init_process_group_from_env() -> bool:
-    """Join the torchrun job this process belongs to, unless it already has a process group or
-    runs alone. Returns True if this call created the group (the caller then destroys it)."""
-    if dist.is_available() and not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-        return True
-    return False
+class ProcessGroup:
+    """This process's rank in a torchrun job (joining the job's process group if torchrun
+    started us and nobody has yet), or a single process. ``close()`` destroys the group only if
+    this object created it."""
+
+    def __init__(self):
+        self.owns_group = False
+        if dist.is_available() and not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+            self.owns_group = True
+        self.active = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        self.rank = dist.get_rank() if self.active else 0
+        self.world = dist.get_world_size() if self.active else 1
+
+    def barrier(self) -> None:
+        if self.active:
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.owns_group:
+            destroy_process_group()
 
 
 def destroy_process_group() -> None:

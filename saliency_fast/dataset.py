@@ -44,11 +44,10 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
 from .methods import GradCAM, GuidedIG, InputXGradient, IntegratedGradients, SAMP, Saliency, SmoothGrad
-from ._distributed import destroy_process_group, init_process_group_from_env
+from ._distributed import ProcessGroup
 from .train.checkpoint import atomic_write_bytes
 
 __all__ = ["attribute_dataset", "load_attributions", "make_method", "method_parameters", "AttributionSet",
@@ -422,26 +421,7 @@ def _load_shard(path: Path, mmap: bool = False) -> dict:
 # ==============================================================================================
 # processes and devices
 # ==============================================================================================
-class _Processes:
-    """This process's rank in a torchrun job (initialising the process group if torchrun started
-    us and nobody has yet), or a single process."""
-
-    def __init__(self):
-        self.owns_group = init_process_group_from_env()
-        self.active = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-        self.rank = dist.get_rank() if self.active else 0
-        self.world = dist.get_world_size() if self.active else 1
-
-    def barrier(self) -> None:
-        if self.active:
-            dist.barrier()
-
-    def close(self) -> None:
-        if self.owns_group:
-            destroy_process_group()
-
-
-def _resolve_device(model: nn.Module, device, processes: _Processes) -> torch.device:
+def _resolve_device(model: nn.Module, device, processes: ProcessGroup) -> torch.device:
     if device is not None:
         device = torch.device(device)
     elif processes.active and torch.cuda.is_available():
@@ -658,7 +638,7 @@ def attribute_dataset(
     out_dir = Path(out_dir)
     source = _open_source(data)
 
-    processes = _Processes()
+    processes = ProcessGroup()
     try:
         device = _resolve_device(model, device, processes)
         model.to(device)
@@ -705,7 +685,7 @@ def attribute_dataset(
         processes.close()
 
 
-def _prepare(out_dir: Path, identity: dict, resume: bool, processes: _Processes, source: str) -> dict:
+def _prepare(out_dir: Path, identity: dict, resume: bool, processes: ProcessGroup, source: str) -> dict:
     """Check an existing manifest against this run (every rank, so all raise alike), then let rank 0
     clear or create the folder and write the manifest. The data's location (``source``) is recorded
     but is not part of the identity: the same images moved elsewhere still resume."""

@@ -27,7 +27,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._distributed import destroy_process_group, init_process_group_from_env
+from .._distributed import ProcessGroup
 from . import checkpoint as ckpt
 from .methods import TrainingMethod
 
@@ -48,14 +48,9 @@ class History(list):
         return super().__getitem__(key)
 
 
-class _Distributed:
-    """This process's place in a torchrun job (or a single process)."""
-
-    def __init__(self):
-        self.owns_group = init_process_group_from_env()
-        self.active = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-        self.rank = dist.get_rank() if self.active else 0
-        self.world = dist.get_world_size() if self.active else 1
+class _Distributed(ProcessGroup):
+    """This process's place in a torchrun job (or a single process), with the collectives the
+    training loop needs."""
 
     @property
     def main(self) -> bool:
@@ -81,14 +76,6 @@ class _Distributed:
             if parameter.grad is not None:
                 dist.all_reduce(parameter.grad, op=dist.ReduceOp.SUM)
                 parameter.grad /= self.world
-
-    def barrier(self) -> None:
-        if self.active:
-            dist.barrier()
-
-    def close(self) -> None:
-        if self.owns_group:
-            destroy_process_group()
 
 
 def _resolve_device(model: nn.Module, device: Optional[Union[str, torch.device]], distributed: _Distributed):
