@@ -18,13 +18,13 @@ CALLS = 3
 
 def measure_here(mode: str) -> dict:
     import saliency_fast as sf
-    from saliency_fast.data import load_digits
+
+    sys.path.insert(0, ROOT)
+    from bench.digits import digits_work
 
     if mode == "tuned" and not sf.tune_cpu_allocator():
         return {"applied": False}
-    model = sf.models.digits_cnn()
-    images = load_digits("test")[0][:64]
-    target = model(images).argmax(1)
+    model, images, target = digits_work()
     method = sf.SAMP.plus(model)
     method.attribute(images, target)  # warm-up
     seconds, faults = [], []
@@ -44,7 +44,6 @@ def call_by_call_ratio_median(model, images, target) -> float:
     import saliency_fast as sf
     from saliency_fast._common import input_gradient
 
-    sys.path.insert(0, ROOT)
     from bench.interleaved import WithBoundCalls, call_by_call_ratio
 
     wrapped = WithBoundCalls(model, lambda size: input_gradient(model, images[:size], target[:size]),

@@ -46,9 +46,6 @@ def samp_dispatch_counts(model, images, target):
 
 
 if __name__ == "__main__":
-    from saliency_fast.data import load_digits
-    from saliency_fast.models import digits_cnn
+    from bench.digits import digits_work
 
-    model = digits_cnn()
-    images = load_digits("test")[0][:64]
-    print(samp_dispatch_counts(model, images, model(images).argmax(1)))
+    print(samp_dispatch_counts(*digits_work()))

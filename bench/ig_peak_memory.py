@@ -4,8 +4,11 @@ caches do not hide the other's peak). Used by bench/test_bench_ig.py; also runs 
     PYTHONPATH=. .venv/bin/python bench/ig_peak_memory.py [n_steps]    # one line per implementation
 """
 import json
+import os
 import subprocess
 import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 IMPLEMENTATIONS = ("saliency_fast", "captum")
 
@@ -33,15 +36,10 @@ def peak_rss_mb() -> float:
 
 def measure_here(which: str, n_steps: int) -> float:
     """Growth of this process's peak RSS (MB) over one IG call on 64 digits."""
-    import torch
+    sys.path.insert(0, ROOT)
+    from bench.digits import digits_work
 
-    from saliency_fast.data import load_digits
-    from saliency_fast.models import digits_cnn
-
-    model = digits_cnn()
-    images = load_digits("test")[0][:64]
-    with torch.no_grad():
-        target = model(images).argmax(1)
+    model, images, target = digits_work()
     call = ig_call(which, model, n_steps)
     before = peak_rss_mb()
     call(images, target)

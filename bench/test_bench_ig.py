@@ -8,11 +8,8 @@ the ratio column is our time over Captum's. Our IG streams the path points in ch
 bounded whatever n_steps); Captum expands all n_steps × 64 images into one batch.
 """
 import pytest
-import torch
 
-from saliency_fast.data import load_digits
-from saliency_fast.models import digits_cnn
-
+from .digits import digits_work
 from .ig_peak_memory import ig_call, peak_rss_growth_mb
 
 captum = pytest.importorskip("captum")
@@ -21,13 +18,9 @@ N_STEPS = (50, 200)
 ROUNDS = 3
 
 
-@pytest.fixture(scope="module")
-def digits_work():
-    model = digits_cnn()
-    images = load_digits("test")[0][:64]
-    with torch.no_grad():
-        target = model(images).argmax(1)
-    return model, images, target
+@pytest.fixture(scope="module", name="digits_work")
+def digits_work_fixture():
+    return digits_work()
 
 
 @pytest.mark.parametrize("which", ["saliency_fast", "captum"])

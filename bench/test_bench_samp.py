@@ -22,10 +22,9 @@ import torch
 import saliency_fast as sf
 from saliency_fast import _reference, ops
 from saliency_fast._common import attribution_mode, input_gradient
-from saliency_fast.data import load_digits
-from saliency_fast.models import digits_cnn
 from saliency_fast.references import make_reference
 
+from .digits import digits_work
 from .interleaved import WithBoundCalls, call_by_call_ratios, interleaved_ratios
 from .straightforward_samp import straightforward_path, straightforward_step
 
@@ -91,14 +90,9 @@ def test_samp_step_224(benchmark, step_state, implementation):
 
 
 # --- SAMP++ end to end on the digits ---------------------------------------------------------
-@pytest.fixture(scope="module")
-def digits_work():
-    model = digits_cnn()
-    images, _ = load_digits("test")
-    images = images[:64].contiguous()
-    with torch.no_grad():
-        target = model(images).argmax(1)
-    return model, images, target
+@pytest.fixture(scope="module", name="digits_work")
+def digits_work_fixture():
+    return digits_work()
 
 
 @pytest.fixture(scope="module")

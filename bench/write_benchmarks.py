@@ -69,13 +69,10 @@ def group_tables(report):
 
 
 def dispatch_section():
+    from bench.digits import digits_work
     from bench.dispatch_counts import samp_dispatch_counts
-    from saliency_fast.data import load_digits
-    from saliency_fast.models import digits_cnn
 
-    model = digits_cnn()
-    images = load_digits("test")[0][:64]
-    counts = samp_dispatch_counts(model, images, model(images).argmax(1))
+    counts = samp_dispatch_counts(*digits_work())
     return [
         "### SAMP++ per step, outside the model (TorchDispatchMode, 64 digits)", "",
         f"- model calls: {counts['model_calls']}",
