@@ -210,7 +210,7 @@ import sys, time
 from saliency_fast.dataset import attribute_dataset
 from saliency_fast.models import digits_cnn
 model = digits_cnn()
-model.register_forward_pre_hook(lambda module, args: time.sleep(0.03))  # slow enough to be killed mid-run
+model.register_forward_pre_hook(lambda module, args: time.sleep(0.1))  # 0.2 s a shard: killed mid-run even on a loaded machine
 attribute_dataset(model, sys.argv[1], "saliency", sys.argv[2], batch_size=4, shard_size=8, progress=False)
 """
 
