@@ -22,6 +22,20 @@ class ProcessGroup:
         self.rank = dist.get_rank() if self.active else 0
         self.world = dist.get_world_size() if self.active else 1
 
+    def device(self, model: torch.nn.Module, device=None) -> torch.device:
+        """Where to run: ``device`` if given; under torchrun with CUDA, this process's GPU
+        (LOCAL_RANK); else where the model's tensors are. A CUDA device is made current, since
+        NCCL collectives (barriers, all-reduces) run on the current device."""
+        if device is not None:
+            device = torch.device(device)
+        elif self.active and torch.cuda.is_available():
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", self.rank % torch.cuda.device_count())))
+        else:
+            device = next((t.device for t in [*model.parameters(), *model.buffers()]), torch.device("cpu"))
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        return device
+
     def barrier(self) -> None:
         if self.active:
             dist.barrier()

@@ -421,18 +421,6 @@ def _load_shard(path: Path, mmap: bool = False) -> dict:
 # ==============================================================================================
 # processes and devices
 # ==============================================================================================
-def _resolve_device(model: nn.Module, device, processes: ProcessGroup) -> torch.device:
-    if device is not None:
-        device = torch.device(device)
-    elif processes.active and torch.cuda.is_available():
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", processes.rank % torch.cuda.device_count())))
-    else:
-        device = next((t.device for t in list(model.parameters()) + list(model.buffers())), torch.device("cpu"))
-    if device.type == "cuda":
-        torch.cuda.set_device(device)  # NCCL collectives (the barriers) run on the current device
-    return device
-
-
 def _amp_dtype(device: torch.device) -> torch.dtype:
     """bfloat16 where supported: its range keeps small input gradients from underflowing to zero."""
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
@@ -640,7 +628,7 @@ def attribute_dataset(
 
     processes = ProcessGroup()
     try:
-        device = _resolve_device(model, device, processes)
+        device = processes.device(model, device)
         model.to(device)
         shape = _reference_shape(source)
         amp_dtype = _amp_dtype(device) if amp else None

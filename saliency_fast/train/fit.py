@@ -78,16 +78,6 @@ class _Distributed(ProcessGroup):
                 parameter.grad /= self.world
 
 
-def _resolve_device(model: nn.Module, device: Optional[Union[str, torch.device]], distributed: _Distributed):
-    if device is not None:
-        return torch.device(device)
-    if distributed.active and torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", distributed.rank % torch.cuda.device_count())))
-    for tensor in list(model.parameters()) + list(model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
-
-
 def _to_device(batch: Any, device: torch.device) -> tuple:
     if isinstance(batch, Tensor):
         batch = (batch,)
@@ -305,7 +295,7 @@ def fit(model: nn.Module, method: TrainingMethod, train_loader: Iterable, epochs
 
 def _train(model, method, train_loader, epochs, optimizer, val_loader, checkpoint_dir, resume, device, amp, progress,
            scheduler, distributed: _Distributed) -> History:
-    device = _resolve_device(model, device, distributed)
+    device = distributed.device(model, device)
     model.to(device)
     method.to(device)
     if optimizer is None:
