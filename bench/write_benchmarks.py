@@ -84,6 +84,22 @@ def dispatch_section():
     ]
 
 
+def step_time_section():
+    from bench.digits import digits_work
+    from bench.step_time import step_time_breakdown
+
+    parts = step_time_breakdown(*digits_work())
+    outside = parts["op"] + parts["rest"]
+    return [
+        "### SAMP++ per step: where the time goes (timed inside runs, 64 digits, median of 5 runs)", "",
+        f"- model call (forward + input gradient): {parts['model']:.0f} µs",
+        f"- samp_step op, with its Python wrapper: {parts['op']:.0f} µs",
+        f"- the rest of the step loop, and the call's set-up spread over its {parts['steps']} steps: "
+        f"{parts['rest']:.0f} µs",
+        f"- outside the model: {outside:.0f} µs, {outside / parts['model'] * 100:.1f} % of the model's time", "",
+    ]
+
+
 def allocator_section():
     from bench.allocator_effect import CALLS, MODES, measure
 
@@ -126,6 +142,7 @@ def main():
     ]
     lines += group_tables(report)
     lines += dispatch_section()
+    lines += step_time_section()
     lines += allocator_section()
     with open(os.path.join(ROOT, "BENCHMARKS.md"), "w") as handle:
         handle.write("\n".join(lines))
