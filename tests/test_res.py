@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from saliency_fast._distributed import destroy_process_group
 from saliency_fast.train import fit
 from saliency_fast.train.res import (GRADIA, HAICS, RES, explanation_threshold, evaluate_explanations,
                                      projector_geometry, signed_target)
@@ -398,7 +399,7 @@ def _ddp_res_l_worker(rank, world, init_file, out_dir):
             progress=False)
         torch.save({"phi": method.projector.weight.detach(), "model": model.state_dict()}, f"{out_dir}/rank{rank}.pt")
     finally:
-        torch.distributed.destroy_process_group()
+        destroy_process_group()  # collects fit's DDP wrapper first: see saliency_fast/_distributed.py
 
 
 def test_ddp_keeps_projector_in_sync(tmp_path):
