@@ -5,12 +5,16 @@ peak memory over one call measured in a fresh process each (bench/ig_peak_memory
 
 64 digits of 1×32×32, the DigitsCNN, Gauss–Legendre points; Captum IG is the baseline row, so
 the ratio column is our time over Captum's. Our IG streams the path points in chunks (memory
-bounded whatever n_steps); Captum expands all n_steps × 64 images into one batch.
+bounded whatever n_steps); Captum expands all n_steps × 64 images into one batch. The time
+ratio at n_steps = 200 is also measured in interleaved pairs.
 """
+import statistics
+
 import pytest
 
 from .digits import digits_work
 from .ig_peak_memory import ig_call, peak_rss_growth_mb
+from .interleaved import interleaved_ratios
 
 captum = pytest.importorskip("captum")
 
@@ -32,3 +36,15 @@ def test_ig_vs_captum(benchmark, digits_work, n_steps, which):
     benchmark.pedantic(ig_call(which, model, n_steps), args=(images, target), rounds=ROUNDS, iterations=1,
                        warmup_rounds=1)
     benchmark.extra_info[f"peak_rss_growth_mb[{which}]"] = round(peak_rss_growth_mb(which, n_steps))
+
+
+def test_ig_vs_captum_interleaved(benchmark, digits_work):
+    """Ours and Captum's IG at n_steps = 200 back to back in pairs (bench/interleaved.py), so
+    that load drift on a shared machine cancels; extra_info holds the median and spread of our
+    time / Captum's."""
+    benchmark.group = "IG / Captum IG, interleaved pairs, n_steps = 200: 64 digits, DigitsCNN"
+    model, images, target = digits_work
+    ours, theirs = (ig_call(which, model, 200) for which in ("saliency_fast", "captum"))
+    ratios = interleaved_ratios(benchmark, lambda: ours(images, target), lambda: theirs(images, target), rounds=5)
+    benchmark.extra_info["median ratio ours / Captum"] = round(statistics.median(ratios), 3)
+    benchmark.extra_info["ratio range"] = f"{ratios[0]:.3f}–{ratios[-1]:.3f}"
