@@ -6,7 +6,6 @@ same forward + input-gradient calls with the same batch sizes), divided by the m
 """
 from collections import Counter
 
-import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import saliency_fast as sf

@@ -13,7 +13,6 @@ Groups (ratios in BENCHMARKS.md are against the row marked baseline):
   interleaved pairs of whole runs and, least exposed to load drift, call by call
   (bench/interleaved.py).
 """
-import math
 import statistics
 
 import pytest

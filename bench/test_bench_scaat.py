@@ -18,7 +18,7 @@ import statistics
 import pytest
 import torch
 
-from saliency_fast import _reference, ops, train
+from saliency_fast import _reference, train
 from saliency_fast.models import DigitsCNN
 
 from .interleaved import interleaved_ratios

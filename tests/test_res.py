@@ -3,7 +3,6 @@ spec in float64, the threshold against the O(n²) search, gradient paths, mixed 
 that vanish at the map's resolution, bad inputs, Φ's geometry and checkpoints."""
 import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F

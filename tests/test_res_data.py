@@ -1,6 +1,5 @@
 """Data for explanation supervision: the released RES format (a fixture written here), plain mask
 files, joint transforms, mixed-batch collate, and the annotated digits with decoys and noise."""
-import json
 
 import numpy as np
 import pytest

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import saliency_fast as sf
-from saliency_fast import _reference, ops
+from saliency_fast import ops
 from saliency_fast.methods.samp import _PathState
 from saliency_fast.references import gaussian_kernel_2d, make_reference
 

@@ -1,7 +1,6 @@
 """sf.train.fit: history and log, atomic checkpoints, resume after a kill == uninterrupted run,
 2-process DDP (gloo) == 1 process, NaN/Inf stop, argument errors."""
 import json
-import os
 
 import pytest
 import torch

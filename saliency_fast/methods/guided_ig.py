@@ -14,7 +14,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
-from .._common import Target, input_gradient, reduce_channels as _reduce
+from .._common import input_gradient, reduce_channels as _reduce
 from ..references import Reference
 from ._base import PathAttributionMethod
 from .gradients import _check_positive_int

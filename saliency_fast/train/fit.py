@@ -15,12 +15,11 @@ process group exists, ``fit`` creates one and destroys it when it returns (as
 """
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, List, Optional, Union
 
 import torch
 import torch.distributed as dist
