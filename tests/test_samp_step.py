@@ -109,6 +109,48 @@ def test_native_matches_reference_on_concentrated_keys(dtype, exact, insertion, 
     assert (moved == k).all() if exact else (moved >= k).all()
 
 
+@native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("exact", [False, True])
+@pytest.mark.parametrize("tie_heavy", [False, True])
+@pytest.mark.parametrize("k", [1, 10, 33, 64])
+def test_native_matches_reference_with_small_k(dtype, exact, tie_heavy, k):
+    """k at most 1/16 of the pixels (SAMP's default 10 of 1024): the CPU op's sample select,
+    on 32×32 images with some pixels already inactive and, with tie_heavy, many equal keys."""
+    g = torch.Generator().manual_seed(k)
+    state = random_state(6, 2, 32, 32, dtype=dtype, tie_heavy=tie_heavy, n_frag=50, generator=g)
+    rows = torch.tensor([4, 0, 2, 5])
+    for insertion in (False, True):
+        options = dict(k=k, momentum=0.5, insertion=insertion, exact_ties=exact)
+        expected, actual = clone(state), clone(state)
+        call(_reference.samp_step, expected, rows, **options)
+        call(torch.ops.saliency_fast.samp_step, actual, rows, **options)
+        tolerance = 1e-12 if dtype == torch.float64 else 1e-5  # float32: the IC sum's rounding order
+        assert_states_equal(actual, expected, rtol=tolerance, atol=tolerance)
+
+
+@native
+@pytest.mark.parametrize("exact", [False, True])
+def test_native_matches_reference_when_the_sample_misleads(exact):
+    """The smallest keys sit exactly on the sampled pixels (every 16th), so the sampled threshold
+    admits fewer than k keys and the CPU op must fall back to its radix select."""
+    state = random_state(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    state["point"].fill_(1.0)
+    state["end"].zero_()
+    state["active"].fill_(True)
+    state["active_count"].fill_(32 * 32)
+    grad = torch.rand(2, 1, 32 * 32, dtype=torch.float64)
+    grad[..., ::16] += 10.0  # deletion key = −grad: the sampled pixels hold the smallest keys
+    state["grad"] = grad.reshape(2, 1, 32, 32)
+    options = dict(k=10, momentum=1.0, insertion=False, exact_ties=exact)
+    expected, actual = clone(state), clone(state)
+    call(_reference.samp_step, expected, torch.arange(2), **options)
+    call(torch.ops.saliency_fast.samp_step, actual, torch.arange(2), **options)
+    assert_states_equal(actual, expected)
+    moved = (actual["point"] != 1.0).flatten(1)
+    assert (moved.sum(1) == 10).all() and (moved[:, ::16].sum(1) == 10).all()  # among the largest gradients
+
+
 @pytest.mark.parametrize("fn", [_reference.samp_step, ops.samp_step])
 @pytest.mark.parametrize("exact", [False, True])
 def test_moves_k_pixels_under_each_tie_policy(fn, exact):

@@ -1,6 +1,7 @@
 // CPU implementation of samp_step: at::parallel_for over images; per image one fused pass for
-// momentum and projection, then a linear-time MSD radix selection of the k-th key on the
-// order-preserving bit patterns (see select_kth), then the move of the chosen pixels.
+// momentum and projection, then a linear-time selection of the k-th key on the order-preserving
+// bit patterns (a sample select for small k, else an MSD radix select: see choose_pixels), then
+// the move of the chosen pixels.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -126,21 +127,77 @@ int64_t split_by_digit(const U* keys, const int64_t* pixels, int64_t n, Digit di
   return kept;
 }
 
-// Chooses the pixels of the k smallest active keys (k <= #active) into w.chosen and returns
-// how many. MSD radix select on the ordered bit patterns: the top digit's histogram picks the
-// bucket that holds the k-th key; pixels in lower buckets are chosen at once; while the bucket
-// is large, the next digit's histogram of its keys narrows it again; std::nth_element finds the
-// k-th key among the few that are left. Ties with it all move, or with exact ties the first by
-// pixel index (candidates stay in index order). Linear time, and no full pass of nth_element
-// (branchy, mispredicting) over the image.
+// Among n candidates (keys and pixels, in pixel-index order) that hold every key up to the k-th
+// smallest of the image, with `n_chosen` pixels of smaller keys already in w.chosen, chooses the
+// rest: std::nth_element finds the k-th key; keys below it move, and its ties all move, or with
+// exact ties the first by pixel index. Returns the number chosen.
 template <typename T>
-int64_t choose_pixels(Workspace<T>& w, int64_t pixels, int64_t k, bool exact_ties) {
+int64_t choose_among_candidates(Workspace<T>& w, const typename OrderedBits<T>::U* keys, int64_t n,
+                                int64_t n_chosen, int64_t k, bool exact_ties) {
+  using U = typename OrderedBits<T>::U;
+  int64_t* chosen = w.chosen.data();
+  const int64_t* candidate_pixels = w.candidate_pixels.data();
+  U* scratch = w.kth_scratch.data();
+  std::copy(keys, keys + n, scratch);
+  U* const kth_position = scratch + (k - n_chosen - 1);
+  std::nth_element(scratch, kth_position, scratch + n);
+  const U kth = *kth_position;
+  int64_t tie_quota = n;  // every tie moves, unless exactly k must
+  if (exact_ties) tie_quota = k - n_chosen - std::count_if(keys, keys + n, [kth](U key) { return key < kth; });
+  for (int64_t i = 0; i < n; ++i) {
+    const bool tie = keys[i] == kth;
+    chosen[n_chosen] = candidate_pixels[i];
+    n_chosen += keys[i] < kth || (tie && tie_quota > 0);
+    tie_quota -= tie;
+  }
+  return n_chosen;
+}
+
+// Sample select, for k far below the image's pixel count (SAMP's default: 10 of 1024): the
+// j-th smallest of every kSampleStride-th key lies, with high probability, a little above the
+// k-th smallest key (about 16·j keys are at or below it), so one branch-free pass keeps about
+// k + 32 candidates, in index order. Returns how many it kept; fewer than k (an unlucky sample)
+// sends the caller to the radix select. No histogram to clear, fill and scan: those made up
+// 60 % of the op's time on 32×32 images.
+constexpr int64_t kSampleStride = 16;
+
+template <typename T>
+int64_t keep_keys_up_to_sampled_threshold(Workspace<T>& w, int64_t pixels, int64_t k) {
+  using U = typename OrderedBits<T>::U;
+  const U* keys = w.keys.data();
+  U* sample = w.kth_scratch.data();
+  int64_t n_sample = 0;
+  for (int64_t p = 0; p < pixels; p += kSampleStride) sample[n_sample++] = keys[p];
+  const int64_t j = std::min(n_sample - 1, k / kSampleStride + 2);
+  std::nth_element(sample, sample + j, sample + n_sample);
+  const U threshold = sample[j];
+  if (threshold == kInactiveKey<U>) return 0;  // the sample is mostly inactive pixels
+  U* candidate_keys = w.candidate_keys.data();
+  int64_t* candidate_pixels = w.candidate_pixels.data();
+  int64_t n = 0;
+  for (int64_t p = 0; p < pixels; ++p) {
+    candidate_keys[n] = keys[p];
+    candidate_pixels[n] = p;
+    n += keys[p] <= threshold;
+  }
+  return n;
+}
+
+// MSD radix select on the ordered bit patterns: the top digit's histogram picks the bucket that
+// holds the k-th key; pixels in lower buckets are chosen at once; while the bucket is large,
+// the next digit's histogram of its keys narrows it again, until few candidates are left.
+// Linear time, and no full pass of nth_element (branchy, mispredicting) over the image.
+template <typename T>
+int64_t choose_by_radix(Workspace<T>& w, int64_t pixels, int64_t n_active, int64_t k, bool exact_ties) {
   using U = typename OrderedBits<T>::U;
   constexpr int64_t kSmallBucket = 64;
   int64_t* chosen = w.chosen.data();
   U* keys = w.candidate_keys.data();
   int64_t* candidate_pixels = w.candidate_pixels.data();
   int shift = w.shift();
+  std::fill(w.histogram.begin(), w.histogram.end(), int64_t(0));
+  for (int64_t p = 0; p < pixels; ++p) w.histogram[w.keys[p] >> shift] += 1;
+  w.histogram.back() -= pixels - n_active;  // kInactiveKey's bucket: count active keys only
   int64_t below = 0;
   size_t bucket = bucket_holding(w.histogram, k, below);
   int64_t n_chosen = 0;  // split_by_digit chooses the `below` pixels of the lower buckets
@@ -156,20 +213,18 @@ int64_t choose_pixels(Workspace<T>& w, int64_t pixels, int64_t k, bool exact_tie
     n = split_by_digit(keys, candidate_pixels, n, digit, bucket, chosen, n_chosen, keys, candidate_pixels);
     shift = next_shift;
   }
-  U* scratch = w.kth_scratch.data();
-  std::copy(keys, keys + n, scratch);
-  U* const kth_position = scratch + (k - n_chosen - 1);
-  std::nth_element(scratch, kth_position, scratch + n);
-  const U kth = *kth_position;
-  int64_t tie_quota = n;  // every tie moves, unless exactly k must
-  if (exact_ties) tie_quota = k - n_chosen - std::count_if(keys, keys + n, [kth](U key) { return key < kth; });
-  for (int64_t i = 0; i < n; ++i) {
-    const bool tie = keys[i] == kth;
-    chosen[n_chosen] = candidate_pixels[i];
-    n_chosen += keys[i] < kth || (tie && tie_quota > 0);
-    tie_quota -= tie;
+  return choose_among_candidates(w, keys, n, n_chosen, k, exact_ties);
+}
+
+// Chooses the pixels of the k smallest active keys (k <= #active; inactive pixels hold
+// kInactiveKey) into w.chosen and returns how many.
+template <typename T>
+int64_t choose_pixels(Workspace<T>& w, int64_t pixels, int64_t n_active, int64_t k, bool exact_ties) {
+  if (k * kSampleStride <= pixels) {
+    const int64_t n = keep_keys_up_to_sampled_threshold(w, pixels, k);
+    if (n >= k) return choose_among_candidates(w, w.candidate_keys.data(), n, 0, k, exact_ties);
   }
-  return n_chosen;
+  return choose_by_radix(w, pixels, n_active, k, exact_ties);
 }
 
 // The active pixels of an image. The bools are summed as 0/1 bytes: GCC does not vectorise a
@@ -198,9 +253,7 @@ void step_one_image(const StepArgs<T>& a, int64_t image, int64_t row, Workspace<
     project<false>(a, point, end, grad, grad_avg, w.proj.data());
   }
 
-  // 1. every pixel's ordered key, then the histogram of the top digit, marking inactive pixels
-  //    with a key above every active one. The first loop vectorises; the second is a chain of
-  //    increments anyway.
+  // 1. every pixel's ordered key, inactive pixels' above every active one (the loop vectorises).
   const int64_t n_active = count_active(active, HW);
   if (n_active == 0) {
     a.active_count[image] = 0;
@@ -208,18 +261,13 @@ void step_one_image(const StepArgs<T>& a, int64_t image, int64_t row, Workspace<
   }
   a.step_count[image] += 1;
   U* keys = w.keys.data();
-  for (int64_t p = 0; p < HW; ++p) keys[p] = to_ordered(samp::selection_key(proj[p], a.insertion));
-  std::fill(w.histogram.begin(), w.histogram.end(), int64_t(0));
-  const int shift = w.shift();
-  for (int64_t p = 0; p < HW; ++p) {
-    const U key = keys[p] | (U(active[p]) - U(1));  // kInactiveKey (all bits set) where inactive
-    keys[p] = key;
-    w.histogram[key >> shift] += 1;
+  const auto* active_bytes = reinterpret_cast<const uint8_t*>(active);  // GCC vectorises no bool loads
+  for (int64_t p = 0; p < HW; ++p) {  // kInactiveKey (all bits set) where inactive
+    keys[p] = to_ordered(samp::selection_key(proj[p], a.insertion)) | (U(active_bytes[p]) - U(1));
   }
-  w.histogram.back() -= HW - n_active;  // kInactiveKey's bucket: count active keys only
 
   // 2. the pixels of the k smallest keys (and ties), then their L1 size for IC.
-  const int64_t n_chosen = choose_pixels(w, HW, std::min(a.k, n_active), a.exact_ties);
+  const int64_t n_chosen = choose_pixels(w, HW, n_active, std::min(a.k, n_active), a.exact_ties);
   const int64_t* chosen = w.chosen.data();
   T step_l1 = T(0);
   for (int64_t j = 0; j < n_chosen; ++j) {
