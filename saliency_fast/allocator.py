@@ -4,7 +4,7 @@ A forward + backward pass frees megabytes of activations and asks for them again
 call. With glibc's defaults, buffers of that size are fresh mmaps or sit at the top of a heap
 that is trimmed when freed, so every call faults in (and the kernel zeroes) new pages. On the
 shipped digits CNN, SAMP++ on 64 digits made 300 000–780 000 minor page faults per call; after
-``tune_cpu_allocator()`` it made almost none and ran 1.4–2.2× faster (2-core CPU,
+``tune_cpu_allocator()`` it made almost none and ran 1.3–2.2× faster (2-core CPU,
 bench/allocator_effect.py).
 
 The price is resident memory: the process keeps its peak heap instead of returning it to the
