@@ -55,6 +55,16 @@ def assert_states_equal(actual, expected, rtol=1e-12, atol=1e-12):
         torch.testing.assert_close(actual[name], expected[name], rtol=rtol, atol=atol, msg=name)
 
 
+def assert_native_matches_reference(state, rows, tolerance=1e-12, **options):
+    """One step of the native op and of the reference from copies of ``state``; the states after
+    must agree. Returns the native op's state."""
+    expected, actual = clone(state), clone(state)
+    call(_reference.samp_step, expected, rows, **options)
+    call(torch.ops.saliency_fast.samp_step, actual, rows, **options)
+    assert_states_equal(actual, expected, rtol=tolerance, atol=tolerance)
+    return actual
+
+
 @native
 @given(
     batch=st.integers(1, 4), channels=st.integers(1, 3), height=st.integers(1, 9), width=st.integers(1, 9),
@@ -67,21 +77,15 @@ def test_native_matches_reference_float64(batch, channels, height, width, k, ins
     g = torch.Generator().manual_seed(seed)
     state = random_state(batch, channels, height, width, tie_heavy=tie_heavy, n_frag=n_frag, generator=g)
     rows = torch.randperm(batch, generator=g)[: max(1, batch - 1)] if subset else torch.arange(batch)
-    options = dict(k=k, momentum=momentum, insertion=insertion, exact_ties=exact)
-    expected, actual = clone(state), clone(state)
-    call(_reference.samp_step, expected, rows, **options)
-    call(torch.ops.saliency_fast.samp_step, actual, rows, **options)
-    assert_states_equal(actual, expected)
+    assert_native_matches_reference(state, rows, k=k, momentum=momentum, insertion=insertion, exact_ties=exact)
 
 
 @native
 def test_native_matches_reference_float32_large_image():
     state = random_state(3, 3, 64, 48, dtype=torch.float32, n_frag=50)
     rows = torch.arange(3)
-    expected, actual = clone(state), clone(state)
-    call(_reference.samp_step, expected, rows, k=300, momentum=0.5, insertion=True, exact_ties=False)
-    call(torch.ops.saliency_fast.samp_step, actual, rows, k=300, momentum=0.5, insertion=True, exact_ties=False)
-    assert_states_equal(actual, expected, rtol=1e-5, atol=1e-5)
+    assert_native_matches_reference(state, rows, tolerance=1e-5, k=300, momentum=0.5, insertion=True,
+                                    exact_ties=False)
 
 
 @native
@@ -100,11 +104,7 @@ def test_native_matches_reference_on_concentrated_keys(dtype, exact, insertion, 
     state["active"].fill_(True)
     state["active_count"].fill_(96 * 96)
     rows = torch.arange(2)
-    options = dict(k=k, momentum=1.0, insertion=insertion, exact_ties=exact)
-    expected, actual = clone(state), clone(state)
-    call(_reference.samp_step, expected, rows, **options)
-    call(torch.ops.saliency_fast.samp_step, actual, rows, **options)
-    assert_states_equal(actual, expected)
+    actual = assert_native_matches_reference(state, rows, k=k, momentum=1.0, insertion=insertion, exact_ties=exact)
     moved = (actual["point"] != 0).flatten(1).sum(1)
     assert (moved == k).all() if exact else (moved >= k).all()
 
@@ -120,13 +120,10 @@ def test_native_matches_reference_with_small_k(dtype, exact, tie_heavy, k):
     g = torch.Generator().manual_seed(k)
     state = random_state(6, 2, 32, 32, dtype=dtype, tie_heavy=tie_heavy, n_frag=50, generator=g)
     rows = torch.tensor([4, 0, 2, 5])
+    tolerance = 1e-12 if dtype == torch.float64 else 1e-5  # float32: the IC sum's rounding order
     for insertion in (False, True):
-        options = dict(k=k, momentum=0.5, insertion=insertion, exact_ties=exact)
-        expected, actual = clone(state), clone(state)
-        call(_reference.samp_step, expected, rows, **options)
-        call(torch.ops.saliency_fast.samp_step, actual, rows, **options)
-        tolerance = 1e-12 if dtype == torch.float64 else 1e-5  # float32: the IC sum's rounding order
-        assert_states_equal(actual, expected, rtol=tolerance, atol=tolerance)
+        assert_native_matches_reference(state, rows, tolerance, k=k, momentum=0.5, insertion=insertion,
+                                        exact_ties=exact)
 
 
 @native
@@ -142,11 +139,8 @@ def test_native_matches_reference_when_the_sample_misleads(exact):
     grad = torch.rand(2, 1, 32 * 32, dtype=torch.float64)
     grad[..., ::16] += 10.0  # deletion key = −grad: the sampled pixels hold the smallest keys
     state["grad"] = grad.reshape(2, 1, 32, 32)
-    options = dict(k=10, momentum=1.0, insertion=False, exact_ties=exact)
-    expected, actual = clone(state), clone(state)
-    call(_reference.samp_step, expected, torch.arange(2), **options)
-    call(torch.ops.saliency_fast.samp_step, actual, torch.arange(2), **options)
-    assert_states_equal(actual, expected)
+    actual = assert_native_matches_reference(state, torch.arange(2), k=10, momentum=1.0, insertion=False,
+                                             exact_ties=exact)
     moved = (actual["point"] != 1.0).flatten(1)
     assert (moved.sum(1) == 10).all() and (moved[:, ::16].sum(1) == 10).all()  # among the largest gradients
 
