@@ -42,12 +42,10 @@ def call_by_call_ratio_median(model, images, target) -> float:
     """Median over CALLS runs of SAMP++ time / model-only lower bound time, call by call
     (bench/interleaved.py), in this process's malloc setting."""
     import saliency_fast as sf
-    from saliency_fast._common import input_gradient
 
-    from bench.interleaved import WithBoundCalls, call_by_call_ratio
+    from bench.interleaved import call_by_call_ratio, with_input_gradient_bound
 
-    wrapped = WithBoundCalls(model, lambda size: input_gradient(model, images[:size], target[:size]),
-                             only_with_grad=True)
+    wrapped = with_input_gradient_bound(model, images, target)
     samp_plus = lambda m: sf.SAMP.plus(m).attribute(images, target)
     return statistics.median(call_by_call_ratio(samp_plus, wrapped) for _ in range(CALLS))
 

@@ -5,6 +5,8 @@ import time
 import torch
 from torch import nn
 
+from saliency_fast._common import input_gradient
+
 
 def interleaved_ratios(benchmark, candidate, bound, rounds):
     """Run ``rounds`` timed pairs (after one warm-up pair) and return the sorted per-pair ratios
@@ -42,6 +44,13 @@ class WithBoundCalls(nn.Module):
             self.bound_call(x.shape[0])
             self.bound_seconds += time.perf_counter() - start
         return self.model(x)
+
+
+def with_input_gradient_bound(model: nn.Module, images, target) -> WithBoundCalls:
+    """``model``, which before each of its autograd calls runs the model-only lower bound's call
+    of the same batch size: forward + input gradient of the first ``size`` images."""
+    return WithBoundCalls(model, lambda size: input_gradient(model, images[:size], target[:size]),
+                          only_with_grad=True)
 
 
 def call_by_call_ratio(candidate, wrapped: WithBoundCalls) -> float:

@@ -24,7 +24,7 @@ from saliency_fast._common import attribution_mode, input_gradient
 from saliency_fast.references import make_reference
 
 from .digits import digits_work
-from .interleaved import WithBoundCalls, call_by_call_ratios, interleaved_ratios
+from .interleaved import call_by_call_ratios, interleaved_ratios, with_input_gradient_bound
 from .straightforward_samp import straightforward_path, straightforward_step
 
 ROUNDS = 3
@@ -149,8 +149,7 @@ def test_samp_plus_vs_lower_bound_call_by_call(benchmark, digits_work):
     (SAMP++ time) / (lower bound time)."""
     benchmark.group = "samp++ / lower bound, call by call: 64 digits, DigitsCNN"
     model, images, target = digits_work
-    wrapped = WithBoundCalls(model, lambda size: input_gradient(model, images[:size], target[:size]),
-                             only_with_grad=True)
+    wrapped = with_input_gradient_bound(model, images, target)
     ratios = call_by_call_ratios(benchmark, lambda m: sf.SAMP.plus(m).attribute(images, target), wrapped, rounds=5)
     benchmark.extra_info["median ratio SAMP++ / lower bound"] = round(statistics.median(ratios), 3)
     benchmark.extra_info["ratio range"] = f"{ratios[0]:.3f}–{ratios[-1]:.3f}"
