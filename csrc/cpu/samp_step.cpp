@@ -127,14 +127,15 @@ int64_t split_by_digit(const U* keys, const int64_t* pixels, int64_t n, Digit di
   return kept;
 }
 
-// Among n candidates (keys and pixels, in pixel-index order) that hold every key up to the k-th
-// smallest of the image, with `n_chosen` pixels of smaller keys already in w.chosen, chooses the
-// rest: std::nth_element finds the k-th key; keys below it move, and its ties all move, or with
-// exact ties the first by pixel index. Returns the number chosen.
+// Among the first n candidates (w.candidate_keys and w.candidate_pixels, in pixel-index order),
+// which hold every key up to the k-th smallest of the image, with `n_chosen` pixels of smaller
+// keys already in w.chosen, chooses the rest: std::nth_element finds the k-th key; keys below it
+// move, and its ties all move, or with exact ties the first by pixel index. Returns the number
+// chosen.
 template <typename T>
-int64_t choose_among_candidates(Workspace<T>& w, const typename OrderedBits<T>::U* keys, int64_t n,
-                                int64_t n_chosen, int64_t k, bool exact_ties) {
+int64_t choose_among_candidates(Workspace<T>& w, int64_t n, int64_t n_chosen, int64_t k, bool exact_ties) {
   using U = typename OrderedBits<T>::U;
+  const U* keys = w.candidate_keys.data();
   int64_t* chosen = w.chosen.data();
   const int64_t* candidate_pixels = w.candidate_pixels.data();
   U* scratch = w.kth_scratch.data();
@@ -213,7 +214,7 @@ int64_t choose_by_radix(Workspace<T>& w, int64_t pixels, int64_t n_active, int64
     n = split_by_digit(keys, candidate_pixels, n, digit, bucket, chosen, n_chosen, keys, candidate_pixels);
     shift = next_shift;
   }
-  return choose_among_candidates(w, keys, n, n_chosen, k, exact_ties);
+  return choose_among_candidates(w, n, n_chosen, k, exact_ties);
 }
 
 // Chooses the pixels of the k smallest active keys (k <= #active; inactive pixels hold
@@ -222,7 +223,7 @@ template <typename T>
 int64_t choose_pixels(Workspace<T>& w, int64_t pixels, int64_t n_active, int64_t k, bool exact_ties) {
   if (k * kSampleStride <= pixels) {
     const int64_t n = keep_keys_up_to_sampled_threshold(w, pixels, k);
-    if (n >= k) return choose_among_candidates(w, w.candidate_keys.data(), n, 0, k, exact_ties);
+    if (n >= k) return choose_among_candidates(w, n, 0, k, exact_ties);
   }
   return choose_by_radix(w, pixels, n_active, k, exact_ties);
 }
