@@ -113,12 +113,14 @@ def test_native_matches_reference_on_concentrated_keys(dtype, exact, insertion, 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("exact", [False, True])
 @pytest.mark.parametrize("tie_heavy", [False, True])
-@pytest.mark.parametrize("k", [1, 10, 33, 64])
-def test_native_matches_reference_with_small_k(dtype, exact, tie_heavy, k):
-    """k at most 1/16 of the pixels (SAMP's default 10 of 1024): the CPU op's sample select,
-    on 32×32 images with some pixels already inactive and, with tie_heavy, many equal keys."""
+@pytest.mark.parametrize("k", [1, 10, 16, 17, 33])
+@pytest.mark.parametrize("side", [(32, 32), (31, 33)])
+def test_native_matches_reference_with_small_k(dtype, exact, tie_heavy, k, side):
+    """k at most 1/64 of the pixels (SAMP's default 10 of 1024): the CPU op's block filter (k = 17
+    and 33 cross over to the radix select), on images with some pixels already inactive, whose
+    pixels fill whole blocks of 16 or not (31×33), and with tie_heavy many equal keys."""
     g = torch.Generator().manual_seed(k)
-    state = random_state(6, 2, 32, 32, dtype=dtype, tie_heavy=tie_heavy, n_frag=50, generator=g)
+    state = random_state(6, 2, *side, dtype=dtype, tie_heavy=tie_heavy, n_frag=50, generator=g)
     rows = torch.tensor([4, 0, 2, 5])
     tolerance = 1e-12 if dtype == torch.float64 else 1e-5  # float32: the IC sum's rounding order
     for insertion in (False, True):
@@ -126,23 +128,59 @@ def test_native_matches_reference_with_small_k(dtype, exact, tie_heavy, k):
                                         exact_ties=exact)
 
 
-@native
-@pytest.mark.parametrize("exact", [False, True])
-def test_native_matches_reference_when_the_sample_misleads(exact):
-    """The smallest keys sit exactly on the sampled pixels (every 16th), so the sampled threshold
-    admits fewer than k keys and the CPU op must fall back to its radix select."""
-    state = random_state(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+def deletion_state(grad):
+    """A 32×32 deletion state with every pixel at 1, moving to 0, so that key = −grad."""
+    batch = grad.shape[0]
+    state = random_state(batch, 1, 32, 32, generator=torch.Generator().manual_seed(0))
     state["point"].fill_(1.0)
     state["end"].zero_()
     state["active"].fill_(True)
     state["active_count"].fill_(32 * 32)
-    grad = torch.rand(2, 1, 32 * 32, dtype=torch.float64)
-    grad[..., ::16] += 10.0  # deletion key = −grad: the sampled pixels hold the smallest keys
-    state["grad"] = grad.reshape(2, 1, 32, 32)
+    state["grad"] = grad.reshape(batch, 1, 32, 32)
+    return state
+
+
+@native
+@pytest.mark.parametrize("exact", [False, True])
+def test_native_matches_reference_when_the_smallest_keys_cluster(exact):
+    """The 10 smallest keys all lie in one block of 16 pixels: a single block holds them all."""
+    grad = torch.rand(2, 32 * 32, dtype=torch.float64)
+    grad[:, 160:176] += 10.0
+    state = deletion_state(grad)
     actual = assert_native_matches_reference(state, torch.arange(2), k=10, momentum=1.0, insertion=False,
                                              exact_ties=exact)
     moved = (actual["point"] != 1.0).flatten(1)
-    assert (moved.sum(1) == 10).all() and (moved[:, ::16].sum(1) == 10).all()  # among the largest gradients
+    assert (moved.sum(1) == 10).all() and (moved[:, 160:176].sum(1) == 10).all()
+
+
+@native
+@pytest.mark.parametrize("exact", [False, True])
+def test_native_matches_reference_when_fewer_than_k_blocks_are_active(exact):
+    """12 active pixels in two blocks (11 in the first, 1 in the third) and k = 10: fewer than k
+    block minima are active keys, so every active key is a candidate."""
+    state = deletion_state(torch.rand(2, 32 * 32, dtype=torch.float64))
+    state["point"].view(2, -1)[:, 11:] = 0.0  # at the end value: inactive
+    state["point"].view(2, -1)[:, 40] = 1.0
+    state["active"] = _reference.pixels_active(state["point"], state["end"])
+    state["active_count"] = state["active"].flatten(1).sum(1)
+    assert state["active_count"].tolist() == [12, 12]
+    actual = assert_native_matches_reference(state, torch.arange(2), k=10, momentum=1.0, insertion=False,
+                                             exact_ties=exact)
+    assert ((state["point"] != actual["point"]).flatten(1).sum(1) == 10).all()
+
+
+@native
+@pytest.mark.parametrize("exact", [False, True])
+def test_native_matches_reference_when_ties_admit_most_blocks(exact):
+    """6 keys below the rest, which all tie: the 10th smallest block minimum is the tie, every block
+    holds it, and the block filter gives way to the radix select."""
+    grad = torch.ones(2, 32 * 32, dtype=torch.float64)
+    grad[:, ::200] = 2.0  # keys −2 at 6 pixels; the other 1018 tie at −1
+    state = deletion_state(grad)
+    actual = assert_native_matches_reference(state, torch.arange(2), k=10, momentum=1.0, insertion=False,
+                                             exact_ties=exact)
+    moved = (actual["point"] != 1.0).flatten(1).sum(1)
+    assert (moved == 10).all() if exact else (moved == 32 * 32).all()
 
 
 @pytest.mark.parametrize("fn", [_reference.samp_step, ops.samp_step])

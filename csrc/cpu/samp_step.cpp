@@ -1,6 +1,6 @@
 // CPU implementation of samp_step: at::parallel_for over images; per image one fused pass for
 // momentum and projection, then a linear-time selection of the k-th key on the order-preserving
-// bit patterns (a sample select for small k, else an MSD radix select: see choose_pixels), then
+// bit patterns (a block filter for small k, else an MSD radix select: see choose_pixels), then
 // the move of the chosen pixels.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -36,6 +36,9 @@ struct StepArgs {
   bool insertion, exact_ties;
 };
 
+// Pixels per block of the block filter (keep_keys_of_the_smallest_blocks).
+constexpr int64_t kBlock = 16;
+
 // Per-thread scratch, reused across images: the projection, every pixel's ordered key, the
 // chosen pixels, the radix histogram, and the keys and pixels of the bucket that holds the k-th
 // key. Every array holds a whole image, so compaction into them needs no bounds check.
@@ -46,7 +49,7 @@ struct Workspace {
   // small histogram and large ones split their keys finely.
   explicit Workspace(int64_t pixels)
       : proj(pixels), keys(pixels), chosen(pixels), candidate_keys(pixels), candidate_pixels(pixels),
-        kth_scratch(pixels),
+        kth_scratch(pixels), block_min((pixels + kBlock - 1) / kBlock),
         digit_bits(std::clamp(static_cast<int>(std::bit_width(static_cast<uint64_t>(pixels))), 8, 12)),
         histogram(size_t(1) << digit_bits) {}
   int shift() const { return OrderedBits<T>::kBits - digit_bits; }
@@ -57,6 +60,7 @@ struct Workspace {
   std::vector<U> candidate_keys;
   std::vector<int64_t> candidate_pixels;
   std::vector<U> kth_scratch;  // a copy of the last candidates' keys for std::nth_element
+  std::vector<U> block_min;    // the smallest key of each kBlock pixels (the block filter)
   int digit_bits;
   std::vector<int64_t> histogram;
 };
@@ -127,6 +131,14 @@ int64_t split_by_digit(const U* keys, const int64_t* pixels, int64_t n, Digit di
   return kept;
 }
 
+// The k-th smallest of keys[0, n) (k >= 1), found by std::nth_element on a copy in `scratch`.
+template <typename U>
+U kth_smallest(const U* keys, int64_t n, int64_t k, U* scratch) {
+  std::copy(keys, keys + n, scratch);
+  std::nth_element(scratch, scratch + (k - 1), scratch + n);
+  return scratch[k - 1];
+}
+
 // Among the first n candidates (w.candidate_keys and w.candidate_pixels, in pixel-index order),
 // which hold every key up to the k-th smallest of the image, with `n_chosen` pixels of smaller
 // keys already in w.chosen, chooses the rest: std::nth_element finds the k-th key; keys below it
@@ -138,11 +150,7 @@ int64_t choose_among_candidates(Workspace<T>& w, int64_t n, int64_t n_chosen, in
   const U* keys = w.candidate_keys.data();
   int64_t* chosen = w.chosen.data();
   const int64_t* candidate_pixels = w.candidate_pixels.data();
-  U* scratch = w.kth_scratch.data();
-  std::copy(keys, keys + n, scratch);
-  U* const kth_position = scratch + (k - n_chosen - 1);
-  std::nth_element(scratch, kth_position, scratch + n);
-  const U kth = *kth_position;
+  const U kth = kth_smallest(keys, n, k - n_chosen, w.kth_scratch.data());
   int64_t tie_quota = n;  // every tie moves, unless exactly k must
   if (exact_ties) tie_quota = k - n_chosen - std::count_if(keys, keys + n, [kth](U key) { return key < kth; });
   for (int64_t i = 0; i < n; ++i) {
@@ -154,32 +162,42 @@ int64_t choose_among_candidates(Workspace<T>& w, int64_t n, int64_t n_chosen, in
   return n_chosen;
 }
 
-// Sample select, for k far below the image's pixel count (SAMP's default: 10 of 1024): the
-// j-th smallest of every kSampleStride-th key lies, with high probability, a little above the
-// k-th smallest key (about 16·j keys are at or below it), so one branch-free pass keeps about
-// k + 32 candidates, in index order. Returns how many it kept; fewer than k (an unlucky sample)
-// sends the caller to the radix select. No histogram to clear, fill and scan: those made up
-// 60 % of the op's time on 32×32 images.
-constexpr int64_t kSampleStride = 16;
-
+// Block filter, for k far below the image's pixel count (SAMP's default: 10 of 1024). The
+// minima of k distinct blocks of kBlock pixels are k of the keys, so the k-th smallest block
+// minimum lies at or above the image's k-th key; only the blocks whose minimum is at or below it
+// can hold a key up to the k-th, normally about k of them, and only those are scanned. Returns
+// the number of candidates kept (every key up to the k-th, in index order), or -1 when ties at
+// the bound admit more than half the blocks (the radix select takes those). The block
+// minima vectorise; a compaction over every pixel would not, and cost half the op (one
+// dependent store per pixel), as a sample of the keys did, which also misjudged the k-th on
+// digits, whose salient pixels cluster.
 template <typename T>
-int64_t keep_keys_up_to_sampled_threshold(Workspace<T>& w, int64_t pixels, int64_t k) {
+int64_t keep_keys_of_the_smallest_blocks(Workspace<T>& w, int64_t pixels, int64_t k) {
   using U = typename OrderedBits<T>::U;
   const U* keys = w.keys.data();
-  U* sample = w.kth_scratch.data();
-  int64_t n_sample = 0;
-  for (int64_t p = 0; p < pixels; p += kSampleStride) sample[n_sample++] = keys[p];
-  const int64_t j = std::min(n_sample - 1, k / kSampleStride + 2);
-  std::nth_element(sample, sample + j, sample + n_sample);
-  const U threshold = sample[j];
-  if (threshold == kInactiveKey<U>) return 0;  // the sample is mostly inactive pixels
+  U* block_min = w.block_min.data();
+  const int64_t n_blocks = (pixels + kBlock - 1) / kBlock;
+  for (int64_t b = 0; b < n_blocks; ++b) {
+    const U* block = keys + b * kBlock;
+    const int64_t size = std::min(kBlock, pixels - b * kBlock);
+    U minimum = kInactiveKey<U>;
+    for (int64_t i = 0; i < size; ++i) minimum = std::min(minimum, block[i]);
+    block_min[b] = minimum;
+  }
+  // Fewer than k blocks with an active pixel: then every active key is a candidate.
+  const U limit = std::min(kth_smallest(block_min, n_blocks, k, w.kth_scratch.data()), U(kInactiveKey<U> - 1));
+  const int64_t admitted = std::count_if(block_min, block_min + n_blocks, [limit](U m) { return m <= limit; });
+  if (2 * admitted > n_blocks) return -1;
   U* candidate_keys = w.candidate_keys.data();
   int64_t* candidate_pixels = w.candidate_pixels.data();
   int64_t n = 0;
-  for (int64_t p = 0; p < pixels; ++p) {
-    candidate_keys[n] = keys[p];
-    candidate_pixels[n] = p;
-    n += keys[p] <= threshold;
+  for (int64_t b = 0; b < n_blocks; ++b) {
+    if (block_min[b] > limit) continue;
+    for (int64_t p = b * kBlock; p < std::min(pixels, (b + 1) * kBlock); ++p) {
+      candidate_keys[n] = keys[p];
+      candidate_pixels[n] = p;
+      n += keys[p] <= limit;
+    }
   }
   return n;
 }
@@ -221,9 +239,9 @@ int64_t choose_by_radix(Workspace<T>& w, int64_t pixels, int64_t n_active, int64
 // kInactiveKey) into w.chosen and returns how many.
 template <typename T>
 int64_t choose_pixels(Workspace<T>& w, int64_t pixels, int64_t n_active, int64_t k, bool exact_ties) {
-  if (k * kSampleStride <= pixels) {
-    const int64_t n = keep_keys_up_to_sampled_threshold(w, pixels, k);
-    if (n >= k) return choose_among_candidates(w, n, 0, k, exact_ties);
+  if (4 * kBlock * k <= pixels) {  // k blocks are at most a quarter of them
+    const int64_t n = keep_keys_of_the_smallest_blocks(w, pixels, k);
+    if (n >= 0) return choose_among_candidates(w, n, 0, k, exact_ties);
   }
   return choose_by_radix(w, pixels, n_active, k, exact_ties);
 }
