@@ -55,16 +55,21 @@ def gaussian_kernel_2d(klen: int, sigma: float, dtype=torch.float32, device=None
 
 
 def gaussian_blur(inputs: Tensor, klen: Optional[int] = None, sigma: float = 5.0) -> Tensor:
-    """Depthwise conv2d of (B, C, H, W) images with the SAMP kernel, zero padding klen // 2."""
+    """Depthwise conv2d of (B, C, H, W) images with the SAMP kernel, zero padding klen // 2.
+
+    The kernel is an outer product, so the blur runs as a pass down the columns and one along
+    the rows: 2·klen products a pixel instead of klen² (62 against 961 at ImageNet size, where
+    it is ~10× faster). Zero padding commutes with the split, so only rounding differs."""
     if klen is None:
         klen = default_blur_kernel_size(inputs.shape[-2], inputs.shape[-1])
     channels = inputs.shape[1]
-    kernel = gaussian_kernel_2d(klen, sigma, dtype=inputs.dtype, device=inputs.device)
-    weight = kernel.expand(channels, 1, klen, klen)
-    blurred = F.conv2d(inputs, weight, padding=klen // 2, groups=channels)
-    if klen % 2 == 0:  # an even kernel grows the image by one pixel; keep the top-left H×W
-        blurred = blurred[..., : inputs.shape[-2], : inputs.shape[-1]]
-    return blurred
+    line = torch.tensor(gaussian_kernel_1d(klen, sigma), dtype=inputs.dtype, device=inputs.device)
+    down = line.view(1, 1, klen, 1).expand(channels, 1, klen, 1)
+    across = line.view(1, 1, 1, klen).expand(channels, 1, 1, klen)
+    blurred = F.conv2d(inputs, down, padding=(klen // 2, 0), groups=channels)
+    blurred = F.conv2d(blurred, across, padding=(0, klen // 2), groups=channels)
+    # An even kernel grows the image by one pixel in each direction; keep the top-left H×W.
+    return blurred[..., : inputs.shape[-2], : inputs.shape[-1]]
 
 
 def make_reference(

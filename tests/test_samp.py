@@ -212,6 +212,16 @@ def test_blur_kernel_matches_scipy():
         np.testing.assert_allclose(gaussian_kernel_2d(klen, sigma, torch.float64).numpy(), expected, atol=1e-15)
 
 
+@pytest.mark.parametrize("klen", [1, 4, 11, 31])
+def test_blur_equals_the_depthwise_conv_with_the_2d_kernel(klen):
+    """gaussian_blur runs as two 1-D passes; the spec's blur is one depthwise conv2d with the
+    klen×klen kernel and zero padding klen // 2 (top-left H×W for an even klen)."""
+    images = torch.rand(3, 2, 40, 37, generator=torch.Generator().manual_seed(klen), dtype=torch.float64)
+    kernel = gaussian_kernel_2d(klen, 5.0, torch.float64).expand(2, 1, klen, klen)
+    expected = torch.nn.functional.conv2d(images, kernel, padding=klen // 2, groups=2)[..., :40, :37]
+    torch.testing.assert_close(make_reference("blur", images, "reference", klen), expected, rtol=1e-12, atol=1e-12)
+
+
 def test_float32_inputs_run_natively():
     model = relu_cnn().float()
     x = torch.rand(2, 1, 8, 8)
