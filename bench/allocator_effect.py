@@ -45,7 +45,7 @@ def call_by_call_ratio_median(model, images, target) -> float:
 
     from bench.interleaved import call_by_call_ratio, with_input_gradient_bound
 
-    wrapped = with_input_gradient_bound(model, images, target)
+    wrapped = with_input_gradient_bound(model, target)
     samp_plus = lambda m: sf.SAMP.plus(m).attribute(images, target)
     return statistics.median(call_by_call_ratio(samp_plus, wrapped) for _ in range(CALLS))
 

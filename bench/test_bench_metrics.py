@@ -4,10 +4,10 @@
 
 Groups (64 images of 1×32×32, the DigitsCNN, pixels_per_step = 10 → 104 curve points a path):
 - ``deletion_insertion``: sf.metrics.deletion_insertion (both paths) vs the model-only lower
-  bound (the same forward calls, same batch sizes, no perturbation work) and vs a plain
+  bound (the same forward calls on the same inputs, recorded; no perturbation work) and vs a plain
   one-call-per-step loop (an incrementally perturbed batch of 64 images per step).
-- ``deletion_insertion / lower bound, call by call``: the same ratio with the bound's call of
-  each batch size run right before the metric's own (bench/interleaved.py), so that load drift
+- ``deletion_insertion / lower bound, call by call``: the same ratio with the bound's call on
+  each input run right before the metric's own (bench/interleaved.py), so that load drift
   on a shared machine cancels.
 - ``deletion_vs_quantus``: the deletion path alone vs Quantus PixelFlipping on the same work
   (baseline 0.0 — Quantus "black" is the image minimum —, logits; Quantus skips the unperturbed
@@ -69,22 +69,23 @@ def sf_deletion_insertion(model, inputs, attributions, target, paths=("deletion"
                                       pixels_per_step=pixels_per_step, paths=paths)
 
 
-def recorded_batch_sizes(model, inputs, attributions, target, paths=("deletion", "insertion")):
-    """The batch size of every forward call deletion_insertion makes (recorded with a hook)."""
-    sizes = []
-    handle = model.register_forward_hook(lambda module, args, out: sizes.append(args[0].shape[0]))
+def recorded_inputs(model, inputs, attributions, target, paths=("deletion", "insertion")):
+    """The input of every forward call deletion_insertion makes (recorded with a hook)."""
+    recorded = []
+    handle = model.register_forward_pre_hook(lambda module, args: recorded.append(args[0].clone()))
     try:
         sf_deletion_insertion(model, inputs, attributions, target, paths)
     finally:
         handle.remove()
-    return sizes
+    return recorded
 
 
-def model_only(model, batch_sizes, buffer):
-    """The lower bound: the same forward calls with the same batch sizes, nothing else."""
+def model_only(model, recorded):
+    """The lower bound: the same forward calls on the same inputs, nothing else (the model's
+    time depends on its input's values, see bench/interleaved.py)."""
     with torch.no_grad():
-        for size in batch_sizes:
-            model(buffer[:size])
+        for x in recorded:
+            model(x)
 
 
 def plain_path(model, start, finish, order, target):
@@ -143,10 +144,9 @@ def test_sf_deletion_insertion(benchmark, model, work):
 
 @pytest.mark.benchmark(group="deletion_insertion")
 def test_model_only_lower_bound(benchmark, model, work):
-    sizes = recorded_batch_sizes(model, *work)
-    buffer = torch.rand(max(sizes), 1, SIDE, SIDE)
-    run(benchmark, model_only, model, sizes, buffer)
-    benchmark.extra_info.update(model_calls=len(sizes), batch_sizes=sizes)
+    recorded = recorded_inputs(model, *work)
+    run(benchmark, model_only, model, recorded)
+    benchmark.extra_info.update(model_calls=len(recorded), batch_sizes=[len(x) for x in recorded])
 
 
 @pytest.mark.benchmark(group="deletion_insertion")
@@ -159,11 +159,10 @@ def test_plain_loop_one_call_per_step(benchmark, model, work):
 
 def test_deletion_insertion_vs_lower_bound_call_by_call(benchmark, model, work):
     benchmark.group = "deletion_insertion / lower bound, call by call"
-    buffer = torch.rand(max(recorded_batch_sizes(model, *work)), 1, SIDE, SIDE)
 
-    def bound_call(size):
+    def bound_call(x):
         with torch.no_grad():
-            model(buffer[:size])
+            model(x)
 
     wrapped = WithBoundCalls(model, bound_call)
     ratios = call_by_call_ratios(benchmark, lambda m: sf_deletion_insertion(m, *work), wrapped, rounds=5)

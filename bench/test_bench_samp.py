@@ -8,7 +8,7 @@ Groups (ratios in BENCHMARKS.md are against the row marked baseline):
   momentum on: the native op vs the project's vectorised reference vs the straightforward
   quantile-based step (bench/straightforward_samp.py).
 - ``samp++ end to end``: SAMP++ on 64 test digits with the shipped CNN vs the model-only lower
-  bound (the same forward+input-gradient calls with the same batch sizes) vs the
+  bound (the same forward+input-gradient calls on the same inputs, recorded) vs the
   straightforward implementation of the whole path. The same ratio is also measured in
   interleaved pairs of whole runs and, least exposed to load drift, call by call
   (bench/interleaved.py).
@@ -95,20 +95,25 @@ def digits_work_fixture():
 
 
 @pytest.fixture(scope="module")
-def recorded_batches(digits_work):
-    """The batch size of every model call SAMP++ makes (the lower bound replays them)."""
+def recorded_inputs(digits_work):
+    """The input of every model call SAMP++ makes with autograd (the lower bound replays them:
+    the model's time depends on its input's values, see bench/interleaved.py)."""
     model, images, target = digits_work
-    result = sf.SAMP.plus(model).attribute_paths(images, target)
-    sizes = []
-    for path in result.paths.values():
-        sizes += [int((path.steps > t).sum()) for t in range(path.model_calls)]
-    return sizes
+    inputs = []
+    hook = model.register_forward_pre_hook(
+        lambda module, args: inputs.append(args[0].detach().clone()) if torch.is_grad_enabled() else None)
+    try:
+        sf.SAMP.plus(model).attribute(images, target)
+    finally:
+        hook.remove()
+    return inputs
 
 
-def model_only(model, images, target, sizes):
+def model_only(model, inputs, target):
+    """The lower bound: forward + input gradient of each recorded input, nothing else."""
     with attribution_mode(model):
-        for size in sizes:
-            input_gradient(model, images[:size], target[:size])
+        for x in inputs:
+            input_gradient(model, x, target[: x.shape[0]])
 
 
 def straightforward_samp_plus(model, images, target):
@@ -119,37 +124,37 @@ def straightforward_samp_plus(model, images, target):
 
 
 @pytest.mark.parametrize("implementation", ["samp++", "model-only lower bound", "straightforward"])
-def test_samp_plus_end_to_end(benchmark, digits_work, recorded_batches, implementation):
+def test_samp_plus_end_to_end(benchmark, digits_work, recorded_inputs, implementation):
     benchmark.group = "samp++ end to end: 64 digits 1x32x32, DigitsCNN"
     benchmark.extra_info["baseline"] = implementation == "model-only lower bound"
-    benchmark.extra_info["model_calls"] = len(recorded_batches)
+    benchmark.extra_info["model_calls"] = len(recorded_inputs)
     model, images, target = digits_work
     if implementation == "samp++":
         run(benchmark, lambda: sf.SAMP.plus(model).attribute(images, target))
     elif implementation == "straightforward":
         run(benchmark, straightforward_samp_plus, model, images, target)
     else:
-        run(benchmark, model_only, model, images, target, recorded_batches)
+        run(benchmark, model_only, model, recorded_inputs, target)
 
 
-def test_samp_plus_end_to_end_interleaved(benchmark, digits_work, recorded_batches):
+def test_samp_plus_end_to_end_interleaved(benchmark, digits_work, recorded_inputs):
     """SAMP++ and the model-only lower bound in interleaved pairs (bench/interleaved.py);
     extra_info holds the median and spread of the per-pair ratios."""
     benchmark.group = "samp++ / lower bound, interleaved pairs: 64 digits, DigitsCNN"
     model, images, target = digits_work
     ratios = interleaved_ratios(benchmark, lambda: sf.SAMP.plus(model).attribute(images, target),
-                                lambda: model_only(model, images, target, recorded_batches), rounds=9)
+                                lambda: model_only(model, recorded_inputs, target), rounds=9)
     benchmark.extra_info["median ratio SAMP++ / lower bound"] = round(statistics.median(ratios), 3)
     benchmark.extra_info["ratio range"] = f"{ratios[0]:.3f}–{ratios[-1]:.3f}"
 
 
 def test_samp_plus_vs_lower_bound_call_by_call(benchmark, digits_work):
-    """Before each SAMP++ model call, the lower bound's call of the same batch size runs, timed
+    """Before each SAMP++ model call, the lower bound's call on the same input runs, timed
     apart (bench/interleaved.py); extra_info holds the median and spread over the rounds of
     (SAMP++ time) / (lower bound time)."""
     benchmark.group = "samp++ / lower bound, call by call: 64 digits, DigitsCNN"
     model, images, target = digits_work
-    wrapped = with_input_gradient_bound(model, images, target)
+    wrapped = with_input_gradient_bound(model, target)
     ratios = call_by_call_ratios(benchmark, lambda m: sf.SAMP.plus(m).attribute(images, target), wrapped, rounds=5)
     benchmark.extra_info["median ratio SAMP++ / lower bound"] = round(statistics.median(ratios), 3)
     benchmark.extra_info["ratio range"] = f"{ratios[0]:.3f}–{ratios[-1]:.3f}"
