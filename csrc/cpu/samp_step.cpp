@@ -6,7 +6,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <atomic>
 #include <bit>
 #include <cstdint>
 #include <memory>
@@ -337,15 +336,13 @@ void samp_step_cpu(at::Tensor point, const at::Tensor& end, const at::Tensor& gr
                                   point.size(1), point.size(2) * point.size(3), k,
                                   static_cast<scalar_t>(momentum), static_cast<scalar_t>(atol),
                                   static_cast<scalar_t>(rtol), insertion, exact_ties};
-    // Images are handed out one at a time, not in fixed halves: images differ in how many
-    // pixels are still active, and on a shared machine one thread may run slower than another.
-    std::atomic<int64_t> next_row{0};
-    const int64_t tasks = std::min<int64_t>(n_rows, at::get_num_threads());
-    at::parallel_for(0, tasks, 1, [&](int64_t, int64_t) {
+    // Contiguous ranges of rows (parallel_for's static split). Inside SAMP++ runs on the digits
+    // a step took 155–206 µs so, against 173–237 µs with rows handed out one at a time: likely
+    // because each thread then finds in its own cache the gradients its share of the model's
+    // backward has just written.
+    at::parallel_for(0, n_rows, 1, [&](int64_t begin, int64_t stop) {
       Workspace<scalar_t>& workspace = thread_workspace<scalar_t>(args.pixels);
-      for (int64_t r = next_row++; r < n_rows; r = next_row++) {
-        step_one_image(args, row_images[r], r, workspace);
-      }
+      for (int64_t r = begin; r < stop; ++r) step_one_image(args, row_images[r], r, workspace);
     });
   });
 }
