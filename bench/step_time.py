@@ -1,7 +1,7 @@
 """Where a SAMP++ step's time goes, timed inside real runs on the digits: the model call
-(forward + input gradient), the samp_step op (with its Python wrapper), and the rest of the
-step loop (finding the live images, gathering their points, the loop itself), plus the
-once-per-call set-up spread over the steps.
+(forward + input gradient), the samp_step op, and the rest of the step loop (finding the live
+images, gathering their points, the loop itself), plus the once-per-call set-up spread over the
+steps.
 
 The model evicts the path state and the interpreter's working set from the caches, so the op
 and the Python cost more here than when timed alone.
@@ -27,9 +27,10 @@ def step_time_breakdown(model, images, target, runs: int = 5) -> dict:
             return result
         return wrapper
 
+    kernel_for = ops.samp_step_kernel
     per_step = {"model": [], "op": [], "rest": []}
     with mock.patch.object(samp, "input_gradient", timed("model", samp.input_gradient)), \
-         mock.patch.object(samp.ops, "samp_step", timed("op", ops.samp_step)):
+         mock.patch.object(ops, "samp_step_kernel", lambda point: timed("op", kernel_for(point))):
         for run in range(runs + 1):
             spent.update(model=0.0, op=0.0)
             start = time.perf_counter()

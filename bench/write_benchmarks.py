@@ -93,7 +93,7 @@ def step_time_section():
     return [
         "### SAMP++ per step: where the time goes (timed inside runs, 64 digits, median of 5 runs)", "",
         f"- model call (forward + input gradient): {parts['model']:.0f} µs",
-        f"- samp_step op, with its Python wrapper: {parts['op']:.0f} µs",
+        f"- samp_step op: {parts['op']:.0f} µs",
         f"- the rest of the step loop, and the call's set-up spread over its {parts['steps']} steps: "
         f"{parts['rest']:.0f} µs",
         f"- outside the model: {outside:.0f} µs, {outside / parts['model'] * 100:.1f} % of the model's time", "",

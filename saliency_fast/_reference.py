@@ -6,6 +6,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+# When a pixel has reached its end value (samp.md): torch.isclose's rule with these tolerances.
+ATOL, RTOL = 1e-8, 1e-5
+
 
 def _selection_key(proj: Tensor, insertion: bool) -> Tensor:
     """Smallest key moves first; NaN sorts last and −0 equals +0 (csrc/samp_step.h)."""
@@ -14,7 +17,7 @@ def _selection_key(proj: Tensor, insertion: bool) -> Tensor:
     return torch.where(key == 0, torch.zeros_like(key), key)
 
 
-def pixels_active(point: Tensor, end: Tensor, atol: float = 1e-8, rtol: float = 1e-5) -> Tensor:
+def pixels_active(point: Tensor, end: Tensor, atol: float = ATOL, rtol: float = RTOL) -> Tensor:
     """(B, H, W): some channel still has |p − e| > atol + rtol·|e|."""
     return ((point - end).abs() > atol + rtol * end.abs()).any(dim=1)
 
@@ -34,8 +37,8 @@ def samp_step(
     momentum: float,
     insertion: bool,
     exact_ties: bool,
-    atol: float = 1e-8,
-    rtol: float = 1e-5,
+    atol: float = ATOL,
+    rtol: float = RTOL,
 ) -> None:
     """One SAMP step (samp.md) for the images ``rows``; updates the state tensors in place."""
     p, e, act = point[rows], end[rows], active[rows]

@@ -40,8 +40,8 @@ def samp_step(
     momentum: float = 1.0,
     insertion: bool = False,
     exact_ties: bool = False,
-    atol: float = 1e-8,
-    rtol: float = 1e-5,
+    atol: float = _reference.ATOL,
+    rtol: float = _reference.RTOL,
 ) -> None:
     """One fused SAMP step for the images ``rows`` (distinct indices into the batch; the CPU
     kernel checks this, the CUDA kernel cannot without a host sync).
@@ -59,6 +59,15 @@ def samp_step(
         torch.ops.saliency_fast.samp_step(*args)
     else:
         _reference.samp_step(*args)
+
+
+def samp_step_kernel(point: Tensor):
+    """What ``samp_step`` calls for ``point``'s device: the compiled op or its reference twin,
+    resolved once, for loops that step many times. It takes all 16 arguments positionally, with
+    k an int, momentum, atol and rtol floats, and the flags bools: the per-call conversions and
+    the device lookup of ``samp_step`` are what it saves (SAMP's step loop runs between model
+    calls, with the interpreter's caches cold)."""
+    return torch.ops.saliency_fast.samp_step.default if use_native(point) else _reference.samp_step
 
 
 if _C is not None:

@@ -33,13 +33,13 @@ def relu_cnn(channels=1, classes=4):
 
 
 def run_path_steps(model, x, end, target, k, n_frag=None, insertion=False):
-    """Drive ops.samp_step by hand and record every step's point, to check the step-level axioms."""
-    state = _PathState(x, end, n_frag)
+    """Drive the samp_step op by hand and record every step's point, to check the step-level axioms."""
+    state = _PathState(x, end, n_frag, k, insertion, exact_ties=False)
     rows = torch.arange(x.shape[0])
     points = [state.point.clone()]
     while bool(state.active.any()):
         grad, _ = sf._common.input_gradient(model, state.point, target)
-        state.step(grad, rows, k, 1.0, insertion, False)
+        state.step(grad, rows, 1.0)
         points.append(state.point.clone())
     return state, points
 

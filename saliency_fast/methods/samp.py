@@ -31,7 +31,7 @@ from .._common import (
     resolve_target,
     score_outputs,
 )
-from .._reference import pixels_active
+from .._reference import ATOL, RTOL, pixels_active
 from ..references import SMALL_IMAGE_SIDE, Reference, make_reference
 from ._base import AttributionMethod
 
@@ -213,32 +213,37 @@ class SAMP(AttributionMethod):
     def _run_path(self, inputs: Tensor, reference: Tensor, target: Tensor, insertion: bool, scores: bool,
                   model_dtype: torch.dtype) -> PathResult:
         start, end = (reference, inputs) if insertion else (inputs, reference)
-        state = _PathState(start, end, self.n_frag)
         k = resolve_pixels_per_step(self.pixels_per_step, inputs.shape[-2], inputs.shape[-1])
+        state = _PathState(start, end, self.n_frag, k, insertion, self.ties == "exact")
         max_steps = self.max_steps or default_max_steps(inputs.shape[-2] * inputs.shape[-1], k, self.n_frag)
         counts = _HostCounts(state.active_count)
-        rows, batch_target, live_key = None, None, None
+        model, score = self.model, self.score
+        cast = model_dtype != state.point.dtype  # half models: the path is kept in float32
+        batch = inputs.shape[0]
+        rows, batch_target = torch.arange(batch, device=inputs.device), target
         calls = 0
         momentum = 1.0  # the first step uses the gradient itself
+        later_momentum = 1.0 if self.momentum is None else float(self.momentum)
+        # The loop runs between model calls, which evict the interpreter's working set, so it
+        # keeps to a few calls: the live images are re-gathered only when the set shrinks.
         while True:
             live = counts.live()
-            if live.size == 0:
-                break
+            if live.size != rows.shape[0]:
+                if live.size == 0:
+                    break
+                rows = torch.from_numpy(live).to(inputs.device)
+                batch_target = target.index_select(0, rows)
             if calls >= max_steps:
                 raise RuntimeError(
                     f"SAMP exceeded max_steps={max_steps} on the {'insertion' if insertion else 'deletion'} "
                     f"path with {live.size} image(s) unfinished; raise max_steps or pixels_per_step"
                 )
-            if live_key is None or live.size != live_key:  # the live set only ever shrinks
-                rows = torch.from_numpy(live).to(inputs.device)
-                batch_target = target.index_select(0, rows)
-                live_key = live.size
-            point = state.point if live.size == inputs.shape[0] else state.point.index_select(0, rows)
-            grad, _ = input_gradient(self.model, point.to(model_dtype), batch_target, self.score)
-            state.step(grad, rows, k, momentum, insertion, self.ties == "exact")
+            point = state.point if live.size == batch else state.point.index_select(0, rows)
+            grad, _ = input_gradient(model, point.to(model_dtype) if cast else point, batch_target, score)
+            state.step(grad, rows, momentum)
             counts.snapshot()
             calls += 1
-            momentum = 1.0 if self.momentum is None else self.momentum
+            momentum = later_momentum
         sign = 1.0 if insertion else -1.0
         input_score = reference_score = None
         if scores:
@@ -257,9 +262,11 @@ class SAMP(AttributionMethod):
 
 
 class _PathState:
-    """The tensors one path updates in place, step after step."""
+    """The tensors one path updates in place, step after step, and the step's fixed options
+    (s, the direction, the tie policy), converted once for the op."""
 
-    def __init__(self, start: Tensor, end: Tensor, n_frag: Optional[int]):
+    def __init__(self, start: Tensor, end: Tensor, n_frag: Optional[int], k: int, insertion: bool,
+                 exact_ties: bool):
         batch, _, height, width = start.shape
         self.point = start.clone().contiguous()
         self.end = end.contiguous()
@@ -270,13 +277,16 @@ class _PathState:
         self.step_count = torch.zeros(batch, dtype=torch.long, device=start.device)
         distance = (self.point - self.end).abs().flatten(1).sum(1)
         self.bound = distance / n_frag if n_frag else torch.full_like(distance, math.inf)
+        self.kernel = ops.samp_step_kernel(self.point)
+        self.k, self.insertion, self.exact_ties = int(k), bool(insertion), bool(exact_ties)
 
-    def step(self, grad: Tensor, rows: Tensor, k: int, momentum: float, insertion: bool, exact_ties: bool) -> None:
+    def step(self, grad: Tensor, rows: Tensor, momentum: float) -> None:
+        """One step for the images ``rows``, whose gradient is ``grad``; ``momentum`` a float."""
         if grad.dtype != self.point.dtype or not grad.is_contiguous():  # half models, or odd layouts
             grad = grad.to(self.point.dtype).contiguous()
-        ops.samp_step(
-            self.point, self.end, grad, self.grad_avg, self.attribution, self.active,
-            self.active_count, self.step_count, rows, self.bound, k, momentum, insertion, exact_ties,
+        self.kernel(
+            self.point, self.end, grad, self.grad_avg, self.attribution, self.active, self.active_count,
+            self.step_count, rows, self.bound, self.k, momentum, self.insertion, self.exact_ties, ATOL, RTOL,
         )
 
 
