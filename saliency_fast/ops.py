@@ -53,12 +53,9 @@ def samp_step(
     step's L1 size (+inf: none); ``k`` the pixels per step; ``exact_ties`` moves exactly
     min(k, #active) pixels, lower flat index first among ties.
     """
-    args = (point, end, grad, grad_avg, attribution, active, active_count, step_count, rows, bound,
-            int(k), float(momentum), bool(insertion), bool(exact_ties), float(atol), float(rtol))
-    if use_native(point):
-        torch.ops.saliency_fast.samp_step(*args)
-    else:
-        _reference.samp_step(*args)
+    samp_step_kernel(point)(point, end, grad, grad_avg, attribution, active, active_count, step_count, rows,
+                            bound, int(k), float(momentum), bool(insertion), bool(exact_ties), float(atol),
+                            float(rtol))
 
 
 def samp_step_kernel(point: Tensor):

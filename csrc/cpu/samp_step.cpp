@@ -164,12 +164,10 @@ int64_t choose_among_candidates(Workspace<T>& w, int64_t n, int64_t n_chosen, in
 // Block filter, for k far below the image's pixel count (SAMP's default: 10 of 1024). The
 // minima of k distinct blocks of kBlock pixels are k of the keys, so the k-th smallest block
 // minimum lies at or above the image's k-th key; only the blocks whose minimum is at or below it
-// can hold a key up to the k-th, normally about k of them, and only those are scanned. Returns
-// the number of candidates kept (every key up to the k-th, in index order), or -1 when ties at
-// the bound admit more than half the blocks (the radix select takes those). The block
-// minima vectorise; a compaction over every pixel would not, and cost half the op (one
-// dependent store per pixel), as a sample of the keys did, which also misjudged the k-th on
-// digits, whose salient pixels cluster.
+// can hold a key up to the k-th, normally about k of them, and only those are scanned: the block
+// minima vectorise, while a compaction over every pixel (one dependent store each) would cost
+// half the op. Returns the number of candidates kept (every key up to the k-th, in index order),
+// or -1 when ties at the bound admit more than half the blocks (the radix select takes those).
 template <typename T>
 int64_t keep_keys_of_the_smallest_blocks(Workspace<T>& w, int64_t pixels, int64_t k) {
   using U = typename OrderedBits<T>::U;
