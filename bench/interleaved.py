@@ -64,6 +64,23 @@ def with_input_gradient_bound(model: nn.Module, target) -> WithBoundCalls:
     return WithBoundCalls(model, lambda x: input_gradient(model, x, target[: x.shape[0]]), only_with_grad=True)
 
 
+def record_inputs(model: nn.Module, run, only_with_grad: bool = False) -> list:
+    """Copies of the input of every call ``run()`` makes to ``model`` (``only_with_grad``: the
+    calls made with autograd), for a lower bound that replays them."""
+    inputs = []
+
+    def record(module, args):
+        if not only_with_grad or torch.is_grad_enabled():
+            inputs.append(args[0].detach().clone())
+
+    hook = model.register_forward_pre_hook(record)
+    try:
+        run()
+    finally:
+        hook.remove()
+    return inputs
+
+
 def call_by_call_ratio(candidate, wrapped: WithBoundCalls) -> float:
     """One run of ``candidate(wrapped)``: (run time − bound calls' time − the copies of their
     inputs) / bound calls' time."""

@@ -31,7 +31,7 @@ from saliency_fast._common import score_outputs
 from saliency_fast.models import DigitsCNN, digits_cnn
 from saliency_fast.references import make_reference
 
-from .interleaved import WithBoundCalls, call_by_call_ratios, interleaved_ratios
+from .interleaved import WithBoundCalls, call_by_call_ratios, interleaved_ratios, record_inputs
 
 BATCH, SIDE, PIXELS_PER_STEP = 64, 32, 10
 QUANTUS_PIXELS_PER_STEP = 8  # Quantus asserts H·W % features_in_step == 0 (1024 % 10 != 0)
@@ -70,15 +70,9 @@ def sf_deletion_insertion(model, inputs, attributions, target, paths=("deletion"
                                       pixels_per_step=pixels_per_step, paths=paths)
 
 
-def recorded_inputs(model, inputs, attributions, target, paths=("deletion", "insertion")):
-    """The input of every forward call deletion_insertion makes (recorded with a hook)."""
-    recorded = []
-    handle = model.register_forward_pre_hook(lambda module, args: recorded.append(args[0].clone()))
-    try:
-        sf_deletion_insertion(model, inputs, attributions, target, paths)
-    finally:
-        handle.remove()
-    return recorded
+def recorded_inputs(model, inputs, attributions, target):
+    """The input of every forward call deletion_insertion makes."""
+    return record_inputs(model, lambda: sf_deletion_insertion(model, inputs, attributions, target))
 
 
 def model_only(model, recorded):

@@ -24,7 +24,7 @@ from saliency_fast._common import attribution_mode, input_gradient
 from saliency_fast.references import make_reference
 
 from .digits import digits_work
-from .interleaved import call_by_call_ratios, interleaved_ratios, with_input_gradient_bound
+from .interleaved import call_by_call_ratios, interleaved_ratios, record_inputs, with_input_gradient_bound
 from .straightforward_samp import straightforward_path, straightforward_step
 
 ROUNDS = 3
@@ -99,14 +99,7 @@ def recorded_inputs(digits_work):
     """The input of every model call SAMP++ makes with autograd (the lower bound replays them:
     the model's time depends on its input's values, see bench/interleaved.py)."""
     model, images, target = digits_work
-    inputs = []
-    hook = model.register_forward_pre_hook(
-        lambda module, args: inputs.append(args[0].detach().clone()) if torch.is_grad_enabled() else None)
-    try:
-        sf.SAMP.plus(model).attribute(images, target)
-    finally:
-        hook.remove()
-    return inputs
+    return record_inputs(model, lambda: sf.SAMP.plus(model).attribute(images, target), only_with_grad=True)
 
 
 def model_only(model, inputs, target):

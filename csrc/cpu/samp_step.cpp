@@ -58,7 +58,7 @@ struct Workspace {
   std::vector<int64_t> chosen;  // the pixels this step moves
   std::vector<U> candidate_keys;
   std::vector<int64_t> candidate_pixels;
-  std::vector<U> kth_scratch;  // a copy of the last candidates' keys for std::nth_element
+  std::vector<U> kth_scratch;  // a copy of the keys std::nth_element reorders (kth_smallest)
   std::vector<U> block_min;    // the smallest key of each kBlock pixels (the block filter)
   int digit_bits;
   std::vector<int64_t> histogram;
@@ -335,7 +335,7 @@ void samp_step_cpu(at::Tensor point, const at::Tensor& end, const at::Tensor& gr
                                   static_cast<scalar_t>(momentum), static_cast<scalar_t>(atol),
                                   static_cast<scalar_t>(rtol), insertion, exact_ties};
     // Contiguous ranges of rows (parallel_for's static split). Inside SAMP++ runs on the digits
-    // a step took 155–206 µs so, against 173–237 µs with rows handed out one at a time: likely
+    // a step took 155–206 µs this way, against 173–237 µs with rows handed out one at a time: likely
     // because each thread then finds in its own cache the gradients its share of the model's
     // backward has just written.
     at::parallel_for(0, n_rows, 1, [&](int64_t begin, int64_t stop) {
