@@ -11,7 +11,7 @@ CUDA_HOME ?= $(shell d=$$(dirname $$(dirname $$(readlink -f $$(command -v nvcc 2
 	for c in $$d /usr/local/cuda-13.0 /usr/local/cuda; do [ -x $$c/bin/nvcc ] && [ -d $$c/lib64 ] && [ ! -L $$c ] && echo $$c && break; done)
 PIP := $(BIN)/python -m pip install -q --disable-pip-version-check
 
-.PHONY: setup demo test bench ctest cuda-check clean
+.PHONY: setup demo test bench bench-smoke ctest cuda-check clean
 
 setup: $(VENV)/.installed
 
@@ -30,6 +30,11 @@ test: setup
 
 bench: setup
 	$(BIN)/python bench/write_benchmarks.py
+
+# Every benchmark once, untimed (~3 min): the suites still run, and their own checks hold (the
+# implementations compared give the same results); BENCHMARKS.md is left alone.
+bench-smoke: setup
+	$(BIN)/python -m pytest -q bench --benchmark-disable
 
 ctest: setup
 	cmake -S . -B build-cmake -DCMAKE_PREFIX_PATH="$$($(BIN)/python -c 'import torch; print(torch.utils.cmake_prefix_path)')" > /dev/null

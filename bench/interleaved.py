@@ -1,5 +1,6 @@
 """Time a candidate against its lower bound so that the load drifting on a shared machine
 cancels: whole runs in interleaved pairs, or, finer, call by call inside one run."""
+import statistics
 import time
 
 import torch
@@ -21,7 +22,7 @@ def interleaved_ratios(benchmark, candidate, bound, rounds):
         ratios.append((middle - start) / (time.perf_counter() - middle))
 
     benchmark.pedantic(pair, rounds=rounds, iterations=1, warmup_rounds=1)
-    return sorted(ratios[1:])  # the first pair is the warm-up round
+    return timed_rounds(benchmark, ratios)
 
 
 class WithBoundCalls(nn.Module):
@@ -97,4 +98,16 @@ def call_by_call_ratios(benchmark, candidate, wrapped: WithBoundCalls, rounds):
     ratios = []
     benchmark.pedantic(lambda: ratios.append(call_by_call_ratio(candidate, wrapped)), rounds=rounds, iterations=1,
                        warmup_rounds=1)
-    return sorted(ratios[1:])
+    return timed_rounds(benchmark, ratios)
+
+
+def timed_rounds(benchmark, ratios: list) -> list:
+    """The sorted ratios of the timed rounds: all but the warm-up round's, or, under
+    --benchmark-disable (one untimed call, no warm-up: a smoke run), the one there is."""
+    return sorted(ratios if benchmark.disabled else ratios[1:])
+
+
+def record_ratios(benchmark, label: str, ratios: list) -> None:
+    """extra_info: the median of the sorted ``ratios`` under "median ratio {label}", and their range."""
+    benchmark.extra_info[f"median ratio {label}"] = round(statistics.median(ratios), 3)
+    benchmark.extra_info["ratio range"] = f"{ratios[0]:.3f}–{ratios[-1]:.3f}"

@@ -45,6 +45,12 @@ def run(benchmark, function, *args, rounds=ROUNDS):
     return benchmark.pedantic(function, args=args, rounds=rounds, iterations=1, warmup_rounds=1)
 
 
+def record_throughput(benchmark, implementation: str, images: int) -> None:
+    """extra_info: images per second at the median round (no timing under --benchmark-disable)."""
+    if benchmark.stats is not None:
+        benchmark.extra_info[f"images_per_s[{implementation}]"] = round(images / benchmark.stats.stats.median, 1)
+
+
 @pytest.fixture(scope="module")
 def model():
     return digits_cnn()
@@ -94,7 +100,7 @@ def test_dataset_ig(benchmark, model, images, implementation):
                 "captum IG loop": lambda: captum_ig_loop(model, x),
                 "model-only lower bound": lambda: ig_lower_bound(model, x)}[implementation]
     run(benchmark, function)
-    benchmark.extra_info[f"images_per_s[{implementation}]"] = round(IG_IMAGES / benchmark.stats.stats.median, 1)
+    record_throughput(benchmark, implementation, IG_IMAGES)
 
 
 def samp_plus_loop(model, images):
@@ -115,7 +121,7 @@ def test_dataset_samp_plus(benchmark, model, images, implementation):
     function = {"sf.attribute_dataset samp++": lambda: dataset_run(model, x, "samp++"),
                 "SAMP.plus loop": lambda: samp_plus_loop(model, x)}[implementation]
     run(benchmark, function)
-    benchmark.extra_info[f"images_per_s[{implementation}]"] = round(SAMP_IMAGES / benchmark.stats.stats.median, 1)
+    record_throughput(benchmark, implementation, SAMP_IMAGES)
 
 
 PROCESS_SCRIPT = textwrap.dedent("""

@@ -8,13 +8,12 @@ the ratio column is our time over Captum's. Our IG streams the path points in ch
 bounded whatever n_steps); Captum expands all n_steps × 64 images into one batch. The time
 ratio at n_steps = 200 is also measured in interleaved pairs.
 """
-import statistics
 
 import pytest
 
 from .digits import digits_work
 from .ig_peak_memory import ig_call, peak_rss_growth_mb
-from .interleaved import interleaved_ratios
+from .interleaved import interleaved_ratios, record_ratios
 
 captum = pytest.importorskip("captum")
 
@@ -46,5 +45,4 @@ def test_ig_vs_captum_interleaved(benchmark, digits_work):
     model, images, target = digits_work
     ours, theirs = (ig_call(which, model, 200) for which in ("saliency_fast", "captum"))
     ratios = interleaved_ratios(benchmark, lambda: ours(images, target), lambda: theirs(images, target), rounds=5)
-    benchmark.extra_info["median ratio ours / Captum"] = round(statistics.median(ratios), 3)
-    benchmark.extra_info["ratio range"] = f"{ratios[0]:.3f}–{ratios[-1]:.3f}"
+    record_ratios(benchmark, "ours / Captum", ratios)

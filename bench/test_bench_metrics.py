@@ -20,7 +20,6 @@ Groups (64 images of 1×32×32, the DigitsCNN, pixels_per_step = 10 → 104 curv
   scatter-per-step PyTorch loop producing the same tensor (the model is free: no forward).
 """
 import math
-import statistics
 
 import numpy as np
 import pytest
@@ -31,7 +30,7 @@ from saliency_fast._common import score_outputs
 from saliency_fast.models import DigitsCNN, digits_cnn
 from saliency_fast.references import make_reference
 
-from .interleaved import WithBoundCalls, call_by_call_ratios, interleaved_ratios, record_inputs
+from .interleaved import WithBoundCalls, call_by_call_ratios, interleaved_ratios, record_inputs, record_ratios
 
 BATCH, SIDE, PIXELS_PER_STEP = 64, 32, 10
 QUANTUS_PIXELS_PER_STEP = 8  # Quantus asserts H·W % features_in_step == 0 (1024 % 10 != 0)
@@ -161,8 +160,7 @@ def test_deletion_insertion_vs_lower_bound_call_by_call(benchmark, model, work):
 
     wrapped = WithBoundCalls(model, bound_call)
     ratios = call_by_call_ratios(benchmark, lambda m: sf_deletion_insertion(m, *work), wrapped, rounds=5)
-    benchmark.extra_info["median ratio deletion_insertion / lower bound"] = round(statistics.median(ratios), 3)
-    benchmark.extra_info["ratio range"] = f"{ratios[0]:.3f}–{ratios[-1]:.3f}"
+    record_ratios(benchmark, "deletion_insertion / lower bound", ratios)
 
 
 def test_deletion_insertion_vs_lower_bound_interleaved(benchmark, model, work):
@@ -170,8 +168,7 @@ def test_deletion_insertion_vs_lower_bound_interleaved(benchmark, model, work):
     recorded = recorded_inputs(model, *work)
     ratios = interleaved_ratios(benchmark, lambda: sf_deletion_insertion(model, *work),
                                 lambda: model_only(model, recorded), rounds=7)
-    benchmark.extra_info["median ratio deletion_insertion / lower bound"] = round(statistics.median(ratios), 3)
-    benchmark.extra_info["ratio range"] = f"{ratios[0]:.3f}–{ratios[-1]:.3f}"
+    record_ratios(benchmark, "deletion_insertion / lower bound", ratios)
 
 
 def test_deletion_insertion_vs_plain_loop_interleaved(benchmark, model, work):
@@ -179,8 +176,7 @@ def test_deletion_insertion_vs_plain_loop_interleaved(benchmark, model, work):
     # interleaved_ratios gives candidate / bound: the plain loop is the candidate, so > 1 means we are faster
     ratios = interleaved_ratios(benchmark, lambda: plain_deletion_insertion(model, *work),
                                 lambda: sf_deletion_insertion(model, *work), rounds=7)
-    benchmark.extra_info["median ratio plain loop / ours"] = round(statistics.median(ratios), 3)
-    benchmark.extra_info["ratio range"] = f"{ratios[0]:.3f}–{ratios[-1]:.3f}"
+    record_ratios(benchmark, "plain loop / ours", ratios)
 
 
 # --- group: deletion_vs_quantus -----------------------------------------------------------------
@@ -204,8 +200,7 @@ def test_deletion_vs_quantus_interleaved(benchmark, model, work):
     ours = lambda: sf_deletion_insertion(model, *work, paths=("deletion",), pixels_per_step=QUANTUS_PIXELS_PER_STEP)
     # interleaved_ratios gives candidate / bound: Quantus is the candidate, so > 1 means we are faster
     ratios = interleaved_ratios(benchmark, lambda: quantus_pixel_flipping(model, *work), ours, rounds=5)
-    benchmark.extra_info["median ratio Quantus / ours"] = round(statistics.median(ratios), 3)
-    benchmark.extra_info["ratio range"] = f"{ratios[0]:.3f}–{ratios[-1]:.3f}"
+    record_ratios(benchmark, "Quantus / ours", ratios)
 
 
 # --- group: perturbation_curve ------------------------------------------------------------------

@@ -13,7 +13,6 @@ Groups (ratios in BENCHMARKS.md are against the row marked baseline):
   interleaved pairs of whole runs and, least exposed to load drift, call by call
   (bench/interleaved.py).
 """
-import statistics
 
 import pytest
 import torch
@@ -24,7 +23,8 @@ from saliency_fast._common import attribution_mode, input_gradient
 from saliency_fast.references import make_reference
 
 from .digits import digits_work
-from .interleaved import call_by_call_ratios, interleaved_ratios, record_inputs, with_input_gradient_bound
+from .interleaved import (call_by_call_ratios, interleaved_ratios, record_inputs, record_ratios,
+                          with_input_gradient_bound)
 from .straightforward_samp import straightforward_path, straightforward_step
 
 ROUNDS = 3
@@ -137,8 +137,7 @@ def test_samp_plus_end_to_end_interleaved(benchmark, digits_work, recorded_input
     model, images, target = digits_work
     ratios = interleaved_ratios(benchmark, lambda: sf.SAMP.plus(model).attribute(images, target),
                                 lambda: model_only(model, recorded_inputs, target), rounds=9)
-    benchmark.extra_info["median ratio SAMP++ / lower bound"] = round(statistics.median(ratios), 3)
-    benchmark.extra_info["ratio range"] = f"{ratios[0]:.3f}–{ratios[-1]:.3f}"
+    record_ratios(benchmark, "SAMP++ / lower bound", ratios)
 
 
 def test_samp_plus_vs_lower_bound_call_by_call(benchmark, digits_work):
@@ -149,5 +148,4 @@ def test_samp_plus_vs_lower_bound_call_by_call(benchmark, digits_work):
     model, images, target = digits_work
     wrapped = with_input_gradient_bound(model, target)
     ratios = call_by_call_ratios(benchmark, lambda m: sf.SAMP.plus(m).attribute(images, target), wrapped, rounds=5)
-    benchmark.extra_info["median ratio SAMP++ / lower bound"] = round(statistics.median(ratios), 3)
-    benchmark.extra_info["ratio range"] = f"{ratios[0]:.3f}–{ratios[-1]:.3f}"
+    record_ratios(benchmark, "SAMP++ / lower bound", ratios)
