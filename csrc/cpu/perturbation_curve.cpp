@@ -38,6 +38,21 @@ int32_t count_at_most(const int64_t* sorted, int64_t n, int64_t value) {
   return static_cast<int32_t>(base - sorted) + (*base <= value);
 }
 
+// level_of_rank[r] = how many of the S sorted counts are <= r, for every rank r in [0, HW): one
+// merge of the counts with 0..HW-1. Ranks are usually a permutation of [0, HW), so a pixel's
+// level is then one table load instead of a binary search (log2 S dependent loads: half the
+// op's time at S = 105 before).
+std::vector<int32_t> level_of_rank(const std::vector<int64_t>& sorted, int64_t HW) {
+  std::vector<int32_t> table(HW);
+  int64_t at_most = 0;
+  const int64_t S = static_cast<int64_t>(sorted.size());
+  for (int64_t r = 0; r < HW; ++r) {
+    while (at_most < S && sorted[at_most] <= r) ++at_most;
+    table[r] = static_cast<int32_t>(at_most);
+  }
+  return table;
+}
+
 CurveLevels curve_levels(const int64_t* ranks, const int64_t* counts, int64_t B, int64_t S, int64_t HW) {
   std::vector<int64_t> sorted(counts, counts + S);
   std::sort(sorted.begin(), sorted.end());
@@ -46,8 +61,13 @@ CurveLevels curve_levels(const int64_t* ranks, const int64_t* counts, int64_t B,
     levels.point_position[s] =
         static_cast<int32_t>(std::lower_bound(sorted.begin(), sorted.end(), counts[s]) - sorted.begin());
   }
+  const std::vector<int32_t> table = level_of_rank(sorted, HW);
   at::parallel_for(0, B * HW, 4096, [&](int64_t begin, int64_t stop) {
-    for (int64_t i = begin; i < stop; ++i) levels.pixel_level[i] = count_at_most(sorted.data(), S, ranks[i]);
+    for (int64_t i = begin; i < stop; ++i) {
+      const int64_t rank = ranks[i];
+      // Ranks outside [0, HW) are allowed (the rule is rank < count for any int64): searched.
+      levels.pixel_level[i] = (rank >= 0 && rank < HW) ? table[rank] : count_at_most(sorted.data(), S, rank);
+    }
   });
   return levels;
 }
