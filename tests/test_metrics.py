@@ -124,9 +124,28 @@ def test_model_calls_and_chunking_counts(setup):
     calls = []
     model.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
     result = metrics.deletion_insertion(model, inputs, maps, pixels_per_step=10, max_batch=8)
-    # 1 target call of 3 images, then per path: chunks of 3 images × 2 points over 11 points
+    # 1 target call of 3 images, then per path 6 chunks of 8 or fewer images (11 points)
     assert result.model_calls == len(calls) == 1 + 2 * 6
     assert max(calls) <= 8 and calls[0] == 3
+
+
+@pytest.mark.parametrize("batch, points, max_batch", [(64, 104, 64), (64, 29, 111), (3, 11, 8), (5, 7, 1),
+                                                      (1, 104, 64), (1000, 104, 64), (7, 3, 100)])
+def test_chunk_shape_takes_fewest_calls_then_fewest_images(batch, points, max_batch):
+    images, steps = metrics._chunk_shape(batch, points, max_batch)
+    assert 1 <= images * steps <= max_batch
+    calls = metrics._chunk_count(batch, points, (images, steps))
+    # every shape within the bound, not only those _chunk_shape tries
+    fewest = min(math.ceil(batch / b) * math.ceil(points / s)
+                 for b in range(1, batch + 1) for s in range(1, points + 1) if b * s <= max_batch)
+    assert calls == fewest
+    assert all(math.ceil(batch / b) * math.ceil(points / s) > fewest
+               for b in range(1, images) for s in range(1, points + 1) if b * s <= max_batch)
+
+
+def test_default_chunks_group_consecutive_points_of_few_images():
+    """64 digits × 104 points on CPU: 104 calls of 8 images × 8 points, not 64 images × 1 point."""
+    assert metrics._chunk_shape(64, 104, metrics.default_max_batch(torch.zeros(64, 1, 32, 32))) == (8, 8)
 
 
 def test_model_state_restored_and_no_grad(setup):
