@@ -10,7 +10,7 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-IMPLEMENTATIONS = ("saliency_fast", "captum")
+IMPLEMENTATIONS = ("saliency_fast", "captum", "captum, our pass size")
 
 
 def ig_call(which: str, model, n_steps: int):
@@ -23,7 +23,15 @@ def ig_call(which: str, model, n_steps: int):
     from captum.attr import IntegratedGradients
 
     method = IntegratedGradients(model)
-    return lambda images, target: method.attribute(images, target=target, n_steps=n_steps, method="gausslegendre")
+    if which == "captum":  # its default: all n_steps × B path points in one pass
+        return lambda images, target: method.attribute(images, target=target, n_steps=n_steps, method="gausslegendre")
+    from saliency_fast.methods.gradients import repeats_per_pass
+
+    def with_our_passes(images, target):  # "captum, our pass size": as many images a pass as ours
+        per_pass = repeats_per_pass(None, images, n_steps) * images.shape[0]
+        return method.attribute(images, target=target, n_steps=n_steps, method="gausslegendre",
+                                internal_batch_size=per_pass)
+    return with_our_passes
 
 
 def peak_rss_mb() -> float:

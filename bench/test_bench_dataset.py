@@ -10,8 +10,8 @@ and fingerprinting are inside the timing. ``images_per_s`` in the notes is image
 Groups (ratio = median / the baseline row's median; below 1 is faster):
 - ``dataset IG``: ``attribute_dataset(..., "ig")`` (Gauss–Legendre, 50 steps) vs a plain Python
   loop calling Captum's IntegratedGradients per batch on the same images (baseline; the same
-  quadrature and the same one-pass-per-batch internal batching) vs the model-only lower bound
-  (the same forward and forward+input-gradient calls with the same batch sizes, nothing else).
+  quadrature, and ``internal_batch_size`` set to our images per pass) vs the model-only lower
+  bound (the same forward and forward+input-gradient calls with the same batch sizes, nothing else).
 - ``dataset SAMP++``: ``attribute_dataset(..., "samp++")`` vs calling ``SAMP.plus`` per batch in
   a loop (baseline): the cost of the dataset machinery around the method.
 - ``dataset processes``: the same IG job as a fresh process (2 threads) vs ``torchrun
@@ -34,6 +34,7 @@ import saliency_fast as sf
 from saliency_fast._common import attribution_mode, input_gradient
 from saliency_fast.data import load_digits
 from saliency_fast.dataset import attribute_dataset
+from saliency_fast.methods.gradients import repeats_per_pass
 from saliency_fast.models import digits_cnn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,20 +76,28 @@ def captum_ig_loop(model, images):
         x = images[start : start + BATCH]
         with torch.no_grad():
             target = model(x).argmax(1)
-        maps.append(ig.attribute(x, target=target, n_steps=STEPS, method="gausslegendre").sum(1).detach())
+        maps.append(ig.attribute(x, target=target, n_steps=STEPS, method="gausslegendre",
+                                 internal_batch_size=steps_per_pass(x) * len(x)).sum(1).detach())
     return torch.cat(maps)
 
 
 def ig_lower_bound(model, images):
-    """What attribute_dataset's IG must at least do: per batch, a target forward and one
-    forward+input-gradient pass over all 50 steps × the batch (the default pass size holds them)."""
+    """What attribute_dataset's IG must at least do: per batch, a target forward and the
+    forward+input-gradient passes over 50 steps × the batch, as many steps a pass as ours."""
     with attribution_mode(model):
         for start in range(0, len(images), BATCH):
             x = images[start : start + BATCH]
             with torch.no_grad():
                 target = model(x).argmax(1)
-            points = x.repeat(STEPS, 1, 1, 1)
-            input_gradient(model, points, target.repeat(STEPS))
+            per_pass = steps_per_pass(x)
+            for first in range(0, STEPS, per_pass):
+                steps = min(per_pass, STEPS - first)
+                input_gradient(model, x.repeat(steps, 1, 1, 1), target.repeat(steps))
+
+
+def steps_per_pass(batch):
+    """The path steps our IG puts in one forward/backward pass of ``batch`` by default."""
+    return repeats_per_pass(None, batch, STEPS)
 
 
 @pytest.mark.parametrize("implementation", ["sf.attribute_dataset ig", "captum IG loop", "model-only lower bound"])
@@ -128,6 +137,7 @@ PROCESS_SCRIPT = textwrap.dedent("""
     import json, os, sys, time
     import torch
     from saliency_fast.dataset import attribute_dataset
+from saliency_fast.methods.gradients import repeats_per_pass
     from saliency_fast.models import digits_cnn
     start = time.perf_counter()
     attribute_dataset(digits_cnn(), sys.argv[1], "ig", sys.argv[2], batch_size=64, shard_size=64,

@@ -252,8 +252,13 @@ def test_ig_independent_of_internal_batch_size(model, inputs, target):
 def test_passes_are_bounded_and_evenly_filled():
     image = torch.zeros(2, 3, 224, 224)
     steps = repeats_per_pass(None, image, 200)
-    assert 2 * steps * image[0].numel() <= DEFAULT_ELEMENTS_PER_PASS  # independent of n_steps
-    assert repeats_per_pass(None, image, 2000) == steps
+    assert steps == 1  # 2 images already hold more than the CPU budget: one step of the batch
+    assert repeats_per_pass(None, image, 2000) == steps  # independent of n_steps
+    digits = torch.zeros(64, 1, 32, 32)
+    steps = repeats_per_pass(None, digits, 200)
+    assert steps == 2 and 64 * steps * digits[0].numel() <= DEFAULT_ELEMENTS_PER_PASS["cpu"]
+    steps = repeats_per_pass(None, image.to("meta"), 200)  # any device but the CPU: the accelerator budget
+    assert steps == 13 and 2 * steps * image[0].numel() <= DEFAULT_ELEMENTS_PER_PASS["accelerator"]
     assert repeats_per_pass(9, torch.zeros(2, 1, 4, 4), 10) == 4  # ≤ 4 steps per pass → 3 passes of 4, 4, 2 → 4
     assert repeats_per_pass(7, torch.zeros(2, 1, 4, 4), 10) == 3  # ≤ 3 → 4 passes → ceil(10 / 4) = 3
     assert repeats_per_pass(1, torch.zeros(2, 1, 4, 4), 10) == 1  # fewer images than the batch: one step
