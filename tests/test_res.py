@@ -107,7 +107,7 @@ def transcribe_exp_loss(method, M, P, N, has, projector=None):
         positive_only = (P.bool() & ~N.bool()).double().unsqueeze(1)
         raw = F.conv2d(positive_only, projector.weight.double(), projector.bias.double(),
                        stride=projector.geometry[1], padding=projector.geometry[2]).squeeze(1)
-        T = transcribe_normalize(raw)
+        T = transcribe_normalize(raw).detach()  # read as floats below
     fit_term = sum(abs(float(M[c]) - float(T[c])) for c in cells) / len(cells)
     reg = sum((float(T[c]) - max(float(Fs[c]), 0.0)) ** 2 for c in cells) / len(cells) if method.reg else 0.0
     return max(align - method.eta, 0.0) + fit_term + method.reg * reg
