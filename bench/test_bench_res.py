@@ -125,7 +125,7 @@ def test_released_and_sf_losses_agree(batch):
     model = fresh_model()
     ours = RES("G", layer=LAYER).loss(model, batch, 0).loss
     theirs = released_res_g_loss(model, *batch)
-    assert math.isclose(float(ours.detach()), float(theirs), rel_tol=1e-5)
+    assert math.isclose(float(ours.detach()), float(theirs.detach()), rel_tol=1e-5)
 
 
 @pytest.mark.benchmark(group="res_step")
