@@ -31,7 +31,7 @@ test: setup
 bench: setup
 	$(BIN)/python bench/write_benchmarks.py
 
-# Every benchmark once, untimed (~3 min): the suites still run, and their own checks hold (the
+# Every benchmark once, untimed (~2 min): the suites still run, and their own checks hold (the
 # implementations compared give the same results); BENCHMARKS.md is left alone.
 bench-smoke: setup
 	$(BIN)/python -m pytest -q bench --benchmark-disable
