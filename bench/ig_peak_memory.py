@@ -25,13 +25,19 @@ def ig_call(which: str, model, n_steps: int):
     method = IntegratedGradients(model)
     if which == "captum":  # its default: all n_steps × B path points in one pass
         return lambda images, target: method.attribute(images, target=target, n_steps=n_steps, method="gausslegendre")
-    from saliency_fast.methods.gradients import repeats_per_pass
 
     def with_our_passes(images, target):  # "captum, our pass size": as many images a pass as ours
-        per_pass = repeats_per_pass(None, images, n_steps) * images.shape[0]
         return method.attribute(images, target=target, n_steps=n_steps, method="gausslegendre",
-                                internal_batch_size=per_pass)
+                                internal_batch_size=our_images_per_pass(images, n_steps))
     return with_our_passes
+
+
+def our_images_per_pass(images, n_steps: int) -> int:
+    """The images our IG puts in one forward/backward pass by default (Captum's
+    ``internal_batch_size`` for the same passes)."""
+    from saliency_fast.methods.gradients import repeats_per_pass
+
+    return repeats_per_pass(None, images, n_steps) * images.shape[0]
 
 
 def peak_rss_mb() -> float:

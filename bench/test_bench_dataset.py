@@ -34,9 +34,9 @@ import saliency_fast as sf
 from saliency_fast._common import attribution_mode, input_gradient
 from saliency_fast.data import load_digits
 from saliency_fast.dataset import attribute_dataset
-from saliency_fast.methods.gradients import repeats_per_pass
 from saliency_fast.models import digits_cnn
 
+from .ig_peak_memory import our_images_per_pass
 from .interleaved import record_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,7 +79,7 @@ def captum_ig_loop(model, images):
         with torch.no_grad():
             target = model(x).argmax(1)
         maps.append(ig.attribute(x, target=target, n_steps=STEPS, method="gausslegendre",
-                                 internal_batch_size=steps_per_pass(x) * len(x)).sum(1).detach())
+                                 internal_batch_size=our_images_per_pass(x, STEPS)).sum(1).detach())
     return torch.cat(maps)
 
 
@@ -93,11 +93,6 @@ def ig_lower_bound(model, images, path_points):
                 model(images[start : start + BATCH]).argmax(1)
         for points in path_points:
             input_gradient(model, points, torch.zeros(len(points), dtype=torch.long))
-
-
-def steps_per_pass(batch):
-    """The path steps our IG puts in one forward/backward pass of ``batch`` by default."""
-    return repeats_per_pass(None, batch, STEPS)
 
 
 @pytest.fixture(scope="module")
