@@ -11,7 +11,7 @@ CUDA_HOME ?= $(shell d=$$(dirname $$(dirname $$(readlink -f $$(command -v nvcc 2
 	for c in $$d /usr/local/cuda-13.0 /usr/local/cuda; do [ -x $$c/bin/nvcc ] && [ -d $$c/lib64 ] && [ ! -L $$c ] && echo $$c && break; done)
 PIP := $(BIN)/python -m pip install -q --disable-pip-version-check
 
-.PHONY: setup demo test bench bench-smoke ctest cuda-check clean
+.PHONY: setup demo test bench bench-smoke ctest cuda-check gpu-check wheels clean
 
 setup: $(VENV)/.installed
 
@@ -54,6 +54,25 @@ cuda-check:
 		../$(CUDA_VENV)/bin/python setup.py -q build_ext --inplace
 	cd build-cuda && PYTHONPATH=. ../$(CUDA_VENV)/bin/python scripts/check_cuda_build.py
 	cd build-cuda && SALIENCY_FAST_REQUIRE_NATIVE=1 ../$(CUDA_VENV)/bin/python -m pytest -q tests
+
+# The prepared GPU check (README "GPU check"), for a GPU machine without network whose python has
+# a CUDA torch: build in place, carried wheels, CUDA tests, compute-sanitizer, GPU benchmarks;
+# report.md / report.json in OUT. GPU_CHECK_ARGS=--dry-run runs the orchestration on a CPU.
+OUT ?= out/gpu-check
+GPU_PYTHON ?= python3
+gpu-check:
+	$(GPU_PYTHON) scripts/gpu_check.py $(OUT) $(GPU_CHECK_ARGS)
+
+# Wheels to carry to that machine (it has no network): the pure-Python peers the comparison tests
+# use (captum, quantus, PAIR saliency) and those of their dependencies the GPU image lacks, plus
+# ninja (parallel builds); into wheels/ (git-ignored), installed there with --no-index. Quantus
+# also needs pandas, scikit-image and opencv, compiled wheels too large to carry: without them
+# in the image its comparisons skip.
+WHEELS := captum quantus saliency ninja cachetools
+wheels:
+	mkdir -p wheels
+	$(PYTHON) -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: -d wheels $(WHEELS)
+	ls wheels
 
 clean:
 	rm -rf build build-cmake build-cuda saliency_fast/*.so
