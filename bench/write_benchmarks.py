@@ -1,6 +1,10 @@
 """Runs every bench/ suite in one pytest-benchmark session and writes BENCHMARKS.md.
 
     make bench          # or: .venv/bin/python bench/write_benchmarks.py [pytest args]
+    python bench/write_benchmarks.py --gpu OUT/gpu_bench.json   # (re)place the GPU section only
+
+The GPU section (from `make gpu-check`, bench/gpu_bench.py) sits between GPU_BEGIN and GPU_END;
+a CPU run keeps it as it is.
 
 Within each group, the ratio of a row is its median time over the median of the group's
 baseline row (the one whose extra_info says baseline=True: the model-only lower bound or the
@@ -16,6 +20,8 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # the checkout's package, built in place or installed editable
 REPORT = os.path.join(ROOT, ".benchmarks", "last.json")  # kept, so a table can be re-rendered
+BENCHMARKS = os.path.join(ROOT, "BENCHMARKS.md")
+GPU_BEGIN, GPU_END = "<!-- gpu section: python bench/write_benchmarks.py --gpu gpu_bench.json -->", "<!-- end of gpu section -->"
 
 
 def run_suites(extra_args):
@@ -116,7 +122,33 @@ def allocator_section():
     return lines + [f"- tuned is {ratio:.2f}× faster", ""]
 
 
+def gpu_section(text: str) -> str:
+    """The GPU section of a BENCHMARKS.md text, markers included ("" when it has none)."""
+    begin, end = text.find(GPU_BEGIN), text.find(GPU_END)
+    return text[begin : end + len(GPU_END)] if begin >= 0 and end > begin else ""
+
+
+def merge_gpu_section(text: str, report: dict) -> str:
+    """``text`` with its GPU section replaced by (or, without one, followed by) ``report``'s."""
+    from bench.gpu_bench import render_markdown
+
+    section = f"{GPU_BEGIN}\n{render_markdown(report)}{GPU_END}"
+    old = gpu_section(text)
+    if old:
+        return text.replace(old, section)
+    return text.rstrip("\n") + "\n\n" + section + "\n"
+
+
 def main():
+    if len(sys.argv) == 3 and sys.argv[1] == "--gpu":
+        with open(sys.argv[2]) as handle:
+            report = json.load(handle)
+        with open(BENCHMARKS) as handle:
+            text = handle.read()
+        with open(BENCHMARKS, "w") as handle:
+            handle.write(merge_gpu_section(text, report))
+        print("wrote the GPU section of BENCHMARKS.md")
+        return
     if sys.argv[1:] == ["--render"]:  # rewrite BENCHMARKS.md from the last run's JSON
         with open(REPORT) as handle:
             report = json.load(handle)
@@ -145,7 +177,10 @@ def main():
     lines += dispatch_section()
     lines += step_time_section()
     lines += allocator_section()
-    with open(os.path.join(ROOT, "BENCHMARKS.md"), "w") as handle:
+    previous = open(BENCHMARKS).read() if os.path.exists(BENCHMARKS) else ""
+    if gpu_section(previous):  # measured on another machine: kept as it was
+        lines += ["", gpu_section(previous), ""]
+    with open(BENCHMARKS, "w") as handle:
         handle.write("\n".join(lines))
     print("wrote BENCHMARKS.md")
 

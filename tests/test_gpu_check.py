@@ -115,3 +115,25 @@ def test_sanitizer_driver_covers_every_op_on_cpu():
     assert any("empty rows" in label for label in labels) and any("NaN" in label for label in labels)
     result = driver.run_cases("cpu")
     assert result["ran"] + len(result["rejected"]) == len(labels) and result["ran"] > 0
+
+
+def test_gpu_report_merges_into_benchmarks_md_once():
+    sys.path.insert(0, str(ROOT))
+    from bench.write_benchmarks import GPU_BEGIN, GPU_END, gpu_section, merge_gpu_section
+
+    report = {"environment": {"date": "2026-12-04", "gpu": "NVIDIA H200", "capability": "9.0", "driver": "580",
+                              "torch": "2.11.0+cu130", "torch_cuda": "13.0", "saliency_fast": "0.1.0",
+                              "native_backends": ["cpu", "cuda"]},
+              "toy": False, "errors": [],
+              "results": [{"name": "SAMP++ end to end / model-only bound, float32", "candidate_ms": 105.0,
+                           "baseline_ms": 100.0, "ratio": 1.05, "target": "<= 1.05x", "met": True},
+                          {"name": "kernel launches per SAMP++ step outside the model, float32", "value": 12.0,
+                           "target": "<= 15", "met": True}]}
+    cpu_text = "# Benchmarks\n\n### a CPU table\n"
+    merged = merge_gpu_section(cpu_text, report)
+    assert merged.startswith(cpu_text.rstrip("\n")) and merged.count(GPU_BEGIN) == 1 and GPU_END in merged
+    assert "NVIDIA H200" in merged and "| 105.00 | 100.00 | 1.05× | <= 1.05x | yes |" in merged
+    assert "| 12.0 | <= 15 | yes |" in merged
+    report["environment"]["driver"] = "581"
+    again = merge_gpu_section(merged, report)  # replaced, not appended
+    assert again.count(GPU_BEGIN) == 1 and "driver 581" in gpu_section(again) and "driver 580" not in again
