@@ -168,7 +168,7 @@ def count_launches(function: Callable[[], object]) -> int:
     """Kernels, copies and memsets the GPU ran during ``function()`` (torch.profiler)."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CUDA]) as profiler:
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as profiler:
         function()
         torch.cuda.synchronize()
     return sum(1 for event in profiler.events() if event.device_type == torch.autograd.DeviceType.CUDA)

@@ -158,3 +158,22 @@ def test_inputs_on_a_non_current_gpu(make_model):
     assert_same_result(actual, expected)
     assert torch.cuda.current_device() == 0
     assert torch.cuda.memory_allocated(0) == allocated_on_0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_path_state_equal_on_device(device, dtype):
+    """What SAMP computes outside the op before the first step must also be identical, or the maps
+    cannot be: the active pixels, their counts and the IC bound D / n_frag, whose D is a sum over
+    C·H·W (a reduction whose order differs between the CPU and CUDA kernels of torch.sum unless
+    the code fixes it). When the SAMP++ tests above fail on a GPU, this one says whether the
+    bound is the cause."""
+    from saliency_fast.methods.samp import _PathState
+
+    start, end = images(dtype, seed=4), images(dtype, seed=5)
+    end[:, :, :2] = start[:, :, :2]  # some pixels already at their end
+    cpu = _PathState(start, end, 6, 7, False, False)
+    on_device = _PathState(start.to(device), end.to(device), 6, 7, False, False)
+    assert torch.equal(on_device.active.cpu(), cpu.active)
+    assert torch.equal(on_device.active_count.cpu(), cpu.active_count)
+    assert torch.equal(on_device.bound.cpu(), cpu.bound)
