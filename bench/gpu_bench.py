@@ -319,32 +319,38 @@ def environment(device: torch.device) -> dict:
     return info
 
 
-def run_all(device: str = "cuda", toy: bool = False) -> dict:
+def run_all(device: str = "cuda", toy: bool = False, save: Optional[Callable[[dict], None]] = None) -> dict:
+    """Every measurement, the quick ones first; ``save(report)`` after each one, so that a run
+    stopped by its time box still leaves what it measured."""
     device = torch.device(device)
     torch.backends.cudnn.benchmark = True
-    results: List[dict] = []
-    errors: List[str] = []
+    if toy and device.type == "cpu":
+        # the dry run exercises the code, it measures nothing: one thread keeps it quick on a busy
+        # CI machine, where OpenMP teams on tiny tensors can wait for cores ~1000x longer than the work
+        torch.set_num_threads(1)
+    report = {"environment": environment(device), "toy": toy, "results": [], "errors": []}
 
     def attempt(function, *args):
         try:
             produced = function(*args)
-            results.extend(produced if isinstance(produced, list) else [produced])
+            report["results"].extend(produced if isinstance(produced, list) else [produced])
         except Exception as error:  # noqa: BLE001  (one failed measurement must not lose the others)
-            errors.append(f"{getattr(function, '__name__', function)}: {type(error).__name__}: {error}")
+            report["errors"].append(f"{getattr(function, '__name__', function)}: {type(error).__name__}: {error}")
+        if save is not None:
+            save(report)
 
+    attempt(native_vs_quantile_step, toy, device)
+    attempt(curve_vs_scatter, toy, device)
+    attempt(scaat_ops, toy, device)
     model = make_model(toy, device)
     batches = image_batches(toy, device)
     with torch.no_grad():
         targets = [model(x).argmax(1) for x in batches]
-    attempt(samp_plus_vs_bound, model, batches, targets, device, "float32", toy)
-    if device.type == "cuda" or toy:
-        attempt(samp_plus_vs_bound, Autocast(make_model(toy, device)), batches, targets, device,
-                "bfloat16 autocast + channels-last", toy)
-    attempt(native_vs_quantile_step, toy, device)
     attempt(deletion_insertion_vs_bound, model, batches, targets, device, toy)
-    attempt(curve_vs_scatter, toy, device)
-    attempt(scaat_ops, toy, device)
-    return {"environment": environment(device), "toy": toy, "results": results, "errors": errors}
+    attempt(samp_plus_vs_bound, model, batches, targets, device, "float32", toy)
+    attempt(samp_plus_vs_bound, Autocast(make_model(toy, device)), batches, targets, device,
+            "bfloat16 autocast + channels-last", toy)
+    return report
 
 
 def render_markdown(report: dict) -> str:
@@ -383,15 +389,17 @@ def main(argv=None) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("no CUDA device: the GPU benchmarks need one (or --device cpu --toy for a dry run)", file=sys.stderr)
         return 2
-    report = run_all(args.device, args.toy)
-    markdown = render_markdown(report)
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(report, handle, indent=2)
-    if args.markdown:
-        with open(args.markdown, "w") as handle:
-            handle.write(markdown)
-    print(markdown)
+
+    def save(report):
+        if args.json:
+            with open(args.json, "w") as handle:
+                json.dump(report, handle, indent=2)
+        if args.markdown:
+            with open(args.markdown, "w") as handle:
+                handle.write(render_markdown(report))
+
+    report = run_all(args.device, args.toy, save)
+    print(render_markdown(report))
     return 1 if report["errors"] else 0
 
 

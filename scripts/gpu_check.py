@@ -14,10 +14,10 @@ the next one still runs; the exit status is 1 if any stage failed.
 - build: the extension in place against the installed torch (CUDA build, TORCH_CUDA_ARCH_LIST
   from the GPU's compute capability), then scripts/check_cuda_build.py
 - tests: every CUDA test (``pytest -m cuda tests``; tests/conftest.py marks them)
-- sanitizer-memcheck, -racecheck, -synccheck, -initcheck: compute-sanitizer over
-  scripts/sanitizer_driver.py, which calls every op at several sizes and edge cases
 - bench: the GPU benchmarks (bench/gpu_bench.py) → OUT/gpu_bench.json and its Markdown, ready
   for BENCHMARKS.md (``python bench/write_benchmarks.py --gpu OUT/gpu_bench.json``)
+- sanitizer-memcheck, -racecheck, -synccheck, -initcheck: compute-sanitizer over
+  scripts/sanitizer_driver.py, which calls every op at several sizes and edge cases
 
 OUT/report.md and OUT/report.json hold every stage's status, time, limit and the tail of its log.
 
@@ -206,7 +206,7 @@ def stages() -> List[Stage]:
     def dry_reason(context):
         return "dry run"
 
-    sanitizers = [Stage(f"sanitizer-{tool}", sanitizer_command(tool), 75, 30, skip_reason=dry_reason)
+    sanitizers = [Stage(f"sanitizer-{tool}", sanitizer_command(tool), 75, 25, skip_reason=dry_reason)
                   for tool in SANITIZER_TOOLS]
     return [
         Stage("environment", environment_command, 60, 5),
@@ -215,8 +215,10 @@ def stages() -> List[Stage]:
         Stage("tests", tests_command, 180, 45),
         Stage("sanitizer-cpu-driver", sanitizer_dry_run, 60, 5,
               skip_reason=lambda context: "GPU run: the sanitizer stages run the driver on the GPU"),
+        # the benchmarks before the sanitizers: the GPU figures need the longer, steadier stretch,
+        # and the bench writes its JSON after every measurement, so a cut run keeps what it has
+        Stage("bench", bench_command, 180, 90),
         *sanitizers,
-        Stage("bench", bench_command, 180, 45),
     ]
 
 
