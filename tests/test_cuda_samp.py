@@ -22,7 +22,7 @@ from torch import nn
 import saliency_fast as sf
 from saliency_fast.references import make_reference
 
-from .conftest import DEVICES, requires_cuda, requires_two_gpus
+from .conftest import DEVICES, requires_two_gpus
 
 CHANNELS, HEIGHT, WIDTH, CLASSES = 3, 9, 11, 5  # odd sizes
 
@@ -120,21 +120,22 @@ def test_half_models_on_device_equal_cpu(device, dtype):
     assert_same_result(actual, expected)
 
 
-@requires_cuda
-@pytest.mark.cuda
-def test_samp_maps_close_to_cpu_with_a_cudnn_model():
-    """A model that runs on the GPU (cuDNN convolutions, not bit-identical to the CPU): the maps
-    then differ where near-ties in the selection go the other way, so this checks the physics
-    instead — completeness on the device and a strong agreement with the CPU maps."""
+@pytest.mark.parametrize("device", DEVICES)
+def test_samp_maps_close_to_cpu_with_a_model_on_the_device(device):
+    """A convolutional model on the device (cuDNN, not bit-identical to the CPU; blur reference
+    computed on the device): the maps then differ where near-ties in the selection go the other
+    way, so this checks what must still hold: the completeness error of the CPU run and a strong
+    agreement with the CPU maps."""
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(CHANNELS, 6, 3, padding=1), nn.Tanh(), nn.Flatten(),
                         nn.Linear(6 * HEIGHT * WIDTH, CLASSES)).double().eval()
     x, target = images(torch.float64), torch.tensor([0, 1, 2])
     cpu = sf.SAMP.plus(net, pixels_per_step=5).attribute_paths(x, target)
-    gpu = sf.SAMP.plus(net.cuda(), pixels_per_step=5).attribute_paths(x.cuda(), target.cuda())
-    for path in gpu.paths.values():
-        assert path.completeness_error.max() < 0.05
-    correlation = torch.corrcoef(torch.stack([gpu.raw.cpu().flatten(), cpu.raw.flatten()]))[0, 1]
+    on_device = sf.SAMP.plus(net.to(device), pixels_per_step=5).attribute_paths(x.to(device), target.to(device))
+    for name, path in on_device.paths.items():  # SAMP++ is not exactly complete (momentum): as on the CPU
+        torch.testing.assert_close(path.completeness_error.cpu(), cpu.paths[name].completeness_error,
+                                   rtol=0, atol=0.02, msg=name)
+    correlation = torch.corrcoef(torch.stack([on_device.raw.cpu().flatten(), cpu.raw.flatten()]))[0, 1]
     assert correlation > 0.99
 
 
@@ -151,13 +152,14 @@ def test_inputs_on_a_non_current_gpu(make_model):
     torch.cuda.set_device(0)
     torch.cuda.synchronize(0)
     allocated_on_0 = torch.cuda.memory_allocated(0)
+    torch.cuda.reset_peak_memory_stats(0)  # a transient allocation on cuda:0 shows in the peak
     if isinstance(model, nn.Module):
         model = model.to("cuda:1")
     actual = run_samp(model, x, target, "cuda:1", VARIANTS["samp++"])
     assert actual.attribution.device == torch.device("cuda:1")
     assert_same_result(actual, expected)
     assert torch.cuda.current_device() == 0
-    assert torch.cuda.memory_allocated(0) == allocated_on_0
+    assert torch.cuda.max_memory_allocated(0) == allocated_on_0
 
 
 @pytest.mark.parametrize("device", DEVICES)
