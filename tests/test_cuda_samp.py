@@ -130,8 +130,9 @@ def test_samp_maps_close_to_cpu_with_a_model_on_the_device(device):
     net = nn.Sequential(nn.Conv2d(CHANNELS, 6, 3, padding=1), nn.Tanh(), nn.Flatten(),
                         nn.Linear(6 * HEIGHT * WIDTH, CLASSES)).double().eval()
     x, target = images(torch.float64), torch.tensor([0, 1, 2])
-    cpu = sf.SAMP.plus(net, pixels_per_step=5).attribute_paths(x, target)
-    on_device = sf.SAMP.plus(net.to(device), pixels_per_step=5).attribute_paths(x.to(device), target.to(device))
+    cpu = sf.SAMP.plus(net, pixels_per_step=10, n_frag=10).attribute_paths(x, target)
+    on_device = sf.SAMP.plus(net.to(device), pixels_per_step=10, n_frag=10).attribute_paths(x.to(device),
+                                                                                          target.to(device))
     for name, path in on_device.paths.items():  # SAMP++ is not exactly complete (momentum): as on the CPU
         torch.testing.assert_close(path.completeness_error.cpu(), cpu.paths[name].completeness_error,
                                    rtol=0, atol=0.02, msg=name)

@@ -115,13 +115,13 @@ def digits():
     from saliency_fast.data import load_digits
     from saliency_fast.models import digits_cnn
 
-    return digits_cnn(), load_digits("test")[0][:24]
+    return digits_cnn(), load_digits("test")[0][:12]
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_attribute_dataset_on_device_with_resume(device, digits, tmp_path):
     model, images = digits
-    options = dict(batch_size=8, shard_size=8, progress=False, method_options={"n_steps": 8}, evaluate=True)
+    options = dict(batch_size=4, shard_size=4, progress=False, method_options={"n_steps": 8}, evaluate=True)
     attribute_dataset(copy.deepcopy(model), images, "ig", tmp_path / "cpu", device="cpu", **options)
     out = tmp_path / "device"
     attribute_dataset(copy.deepcopy(model), images, "ig", out, device=device, **options)
