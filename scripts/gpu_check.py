@@ -35,6 +35,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,8 +141,14 @@ def build_command(context: Context) -> Optional[List[str]]:
     return ["bash", "-c", script]
 
 
+def scripts_path() -> str:
+    """PATH with the interpreter's script folders first: where pip puts the carried ninja."""
+    folders = [sysconfig.get_path("scripts"), sysconfig.get_path("scripts", f"{os.name}_user")]
+    return os.pathsep.join([f for f in folders if f] + [os.environ.get("PATH", "")])
+
+
 def build_env(context: Context) -> Dict[str, str]:
-    env = {"FORCE_CUDA": "1", "MAX_JOBS": str(os.cpu_count() or 4)}
+    env = {"FORCE_CUDA": "1", "MAX_JOBS": str(os.cpu_count() or 4), "PATH": scripts_path()}
     arch = cuda_arch()
     if arch:
         env["TORCH_CUDA_ARCH_LIST"] = arch
@@ -178,6 +185,24 @@ def tests_command(context: Context) -> List[str]:
     return [context.python, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-m", "cuda", "tests"]
 
 
+def sanitizer_executable() -> str:
+    """compute-sanitizer from PATH, else from the CUDA toolkit's bin/."""
+    found = shutil.which("compute-sanitizer")
+    home = cuda_home()
+    if not found and home:
+        for candidate in (Path(home, "bin", "compute-sanitizer"), Path(home, "compute-sanitizer", "compute-sanitizer")):
+            if candidate.exists():
+                return str(candidate)
+    return found or "compute-sanitizer"
+
+
+def sanitizer_env(context: Context) -> Dict[str, str]:
+    # one cudaMalloc per tensor: with torch's caching allocator an access past a tensor's end
+    # lands inside the cached segment, where memcheck cannot see it, and initcheck would take
+    # memory written by an earlier tensor for initialised
+    return {"PYTORCH_NO_CUDA_MEMORY_CACHING": "1"}
+
+
 def sanitizer_command(tool: str) -> Callable[[Context], Optional[List[str]]]:
     def command(context: Context) -> Optional[List[str]]:
         if context.dry_run:
@@ -185,7 +210,7 @@ def sanitizer_command(tool: str) -> Callable[[Context], Optional[List[str]]]:
         # memcheck sees every case; the slower tools the cases up to 64x64 (still more pixels
         # than a block has threads, so the kernels' strided loops run)
         sizes = [] if tool == "memcheck" else ["--max-pixels", str(SANITIZER_MAX_PIXELS)]
-        return ["compute-sanitizer", "--tool", tool, "--error-exitcode", "9", context.python,
+        return [sanitizer_executable(), "--tool", tool, "--error-exitcode", "9", context.python,
                 "scripts/sanitizer_driver.py", "--device", "cuda", *sizes]
     return command
 
@@ -206,11 +231,12 @@ def stages() -> List[Stage]:
     def dry_reason(context):
         return "dry run"
 
-    sanitizers = [Stage(f"sanitizer-{tool}", sanitizer_command(tool), 75, 25, skip_reason=dry_reason)
-                  for tool in SANITIZER_TOOLS]
+    sanitizers = [Stage(f"sanitizer-{tool}", sanitizer_command(tool), 75, 25, env=sanitizer_env,
+                        skip_reason=dry_reason) for tool in SANITIZER_TOOLS]
     return [
         Stage("environment", environment_command, 60, 5),
-        Stage("wheels", wheels_command, 60, 5, skip_reason=wheels_skip_reason),  # ninja first, if carried
+        Stage("wheels", wheels_command, 60, 5, skip_reason=wheels_skip_reason,  # ninja first, if carried
+              env=lambda context: {"PIP_BREAK_SYSTEM_PACKAGES": "1"}),  # an image's "externally managed" python
         Stage("build", build_command, 240, 60, env=build_env, skip_reason=dry_reason),
         Stage("tests", tests_command, 180, 45),
         Stage("sanitizer-cpu-driver", sanitizer_dry_run, 60, 5,

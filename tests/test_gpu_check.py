@@ -82,7 +82,11 @@ def test_gpu_stages_skip_in_the_dry_run(gpu_check, tmp_path):
     for name in ["build", "wheels", *(f"sanitizer-{tool}" for tool in gpu_check.SANITIZER_TOOLS)]:
         assert by_name[name].command(context) is None, name
     gpu = gpu_check.Context(out=tmp_path, dry_run=False)
-    assert by_name["sanitizer-memcheck"].command(gpu)[:3] == ["compute-sanitizer", "--tool", "memcheck"]
+    memcheck = by_name["sanitizer-memcheck"].command(gpu)
+    assert memcheck[0].endswith("compute-sanitizer") and memcheck[1:3] == ["--tool", "memcheck"]
+    assert "--max-pixels" not in memcheck and "--max-pixels" in by_name["sanitizer-racecheck"].command(gpu)
+    assert by_name["sanitizer-initcheck"].env(gpu) == {"PYTORCH_NO_CUDA_MEMORY_CACHING": "1"}
+    assert by_name["build"].env(gpu)["FORCE_CUDA"] == "1"
     assert by_name["tests"].command(gpu)[-3:] == ["-m", "cuda", "tests"]
     assert by_name["sanitizer-cpu-driver"].command(gpu) is None
 
