@@ -117,8 +117,12 @@ def test_sanitizer_driver_covers_every_op_on_cpu():
     for op in ("samp_step", "saliency_budget", "masked_perturb", "masked_random_fill", "perturbation_curve"):
         assert any(label.startswith(op) for label in labels), op
     assert any("empty rows" in label for label in labels) and any("NaN" in label for label in labels)
-    result = driver.run_cases("cpu")
-    assert result["ran"] + len(result["rejected"]) == len(labels) and result["ran"] > 0
+    assert driver.case_pixels("samp_step ties 4x3x16x16 torch.float32") == 256
+    assert driver.case_pixels("saliency_budget 224x224 torch.float32 mass") == 224 * 224
+    small = [label for label in labels if driver.case_pixels(label) <= 64]
+    result = driver.run_cases("cpu", max_pixels=64)  # every case runs in the dry run's driver stage
+    assert result["ran"] + len(result["rejected"]) == len(small) > 0
+    assert result["left_out"] == len(labels) - len(small) > 0
 
 
 def test_gpu_report_merges_into_benchmarks_md_once():
