@@ -83,29 +83,31 @@ class StageResult:
 
 
 # -- what the stages run -----------------------------------------------------------------------
-def cuda_arch() -> Optional[str]:
-    """The first GPU's compute capability as TORCH_CUDA_ARCH_LIST wants it ("9.0"), or None."""
+def cuda_arch(python: str = sys.executable) -> Optional[str]:
+    """The first GPU's compute capability as TORCH_CUDA_ARCH_LIST wants it ("9.0"), or None; asked
+    in a child process, so that this one holds no CUDA context while the stages run."""
+    code = "import torch; print('%d.%d' % torch.cuda.get_device_capability(0) if torch.cuda.is_available() else '')"
     try:
-        import torch
-
-        if torch.cuda.is_available():
-            major, minor = torch.cuda.get_device_capability(0)
-            return f"{major}.{minor}"
-    except Exception:  # noqa: BLE001  (a broken CUDA install is reported by the build stage)
+        answer = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=120).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
         return None
-    return None
+    return answer.splitlines()[-1] if answer else None
 
 
 def cuda_home() -> Optional[str]:
-    """The CUDA toolkit root: $CUDA_HOME, torch's guess, or the folder above the nvcc on PATH."""
+    """The CUDA toolkit root, as the Makefile finds it: $CUDA_HOME, else the first of the folder
+    above the real nvcc on PATH (the one on PATH may be a wrapper script), /usr/local/cuda-13.0 and
+    /usr/local/cuda that holds bin/nvcc and lib64/."""
     if os.environ.get("CUDA_HOME"):
         return os.environ["CUDA_HOME"]
+    candidates = []
     nvcc = shutil.which("nvcc")
     if nvcc:
-        return str(Path(os.path.realpath(nvcc)).parents[1])
-    for candidate in ("/usr/local/cuda",):
-        if Path(candidate, "bin", "nvcc").exists():
-            return candidate
+        candidates.append(Path(os.path.realpath(nvcc)).parents[1])
+    candidates += [Path("/usr/local/cuda-13.0"), Path("/usr/local/cuda")]
+    for candidate in candidates:
+        if (candidate / "bin" / "nvcc").exists() and (candidate / "lib64").is_dir():
+            return str(candidate)
     return None
 
 
@@ -149,7 +151,7 @@ def scripts_path() -> str:
 
 def build_env(context: Context) -> Dict[str, str]:
     env = {"FORCE_CUDA": "1", "MAX_JOBS": str(os.cpu_count() or 4), "PATH": scripts_path()}
-    arch = cuda_arch()
+    arch = cuda_arch(context.python)
     if arch:
         env["TORCH_CUDA_ARCH_LIST"] = arch
     home = cuda_home()
