@@ -13,7 +13,7 @@ import torch
 import saliency_fast as sf
 from saliency_fast import metrics
 
-from .conftest import DEVICES
+from .conftest import DEVICES, requires_two_gpus
 from .test_baselines import BATCH, CHANNELS, HEIGHT, WIDTH, relative_error, tiny_cnn
 
 FLOAT32_RTOL = 1e-4
@@ -155,3 +155,26 @@ def test_gini_completeness_localization_on_device_match_float64_cpu(device, metr
         got = metrics.localization(m, pos, negative_mask)
         for key, value in want.items():
             assert relative_error(got[key].cpu(), value) <= FLOAT32_RTOL, key
+
+
+@requires_two_gpus
+@pytest.mark.cuda
+def test_baselines_and_metrics_on_a_non_current_gpu(work, metric_work):
+    """Inputs and model on cuda:1 while cuda:0 is current: the same results as on the CPU, and no
+    memory taken on the current device."""
+    model, inputs, target = work
+    maps = metric_work[3]
+    torch.cuda.set_device(0)
+    allocated_on_0 = torch.cuda.memory_allocated(0)
+    torch.cuda.reset_peak_memory_stats(0)
+    device_model, (x, t, m) = on("cuda:1", torch.float32, model, inputs, target, maps)
+    for name in ("saliency", "integrated_gradients", "gradcam"):
+        make, _ = BASELINES[name]
+        actual = make(device_model).attribute(x, t)
+        assert actual.device == torch.device("cuda:1")
+        assert relative_error(actual.cpu(), make(model).attribute(inputs, target)) <= FLOAT32_RTOL, name
+    actual = metrics.deletion_insertion(device_model, x, m, target=t)
+    expected = metrics.deletion_insertion(model, inputs, maps, target=target)
+    assert relative_error(actual.deletion_auc.cpu(), expected.deletion_auc) <= FLOAT32_RTOL
+    assert relative_error(actual.insertion_auc.cpu(), expected.insertion_auc) <= FLOAT32_RTOL
+    assert torch.cuda.current_device() == 0 and torch.cuda.max_memory_allocated(0) == allocated_on_0
