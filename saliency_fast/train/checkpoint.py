@@ -173,6 +173,7 @@ def load_verified(path: Path, what: str, map_location: Any = "cpu", mmap: bool =
     if actual != saved:
         raise CorruptFileError(f"{path} is damaged: its content does not match its checksum (a {what} "
                                "changed on disk after it was written)")
+    content[CHECKSUM_KEY] = saved
     return content
 
 
