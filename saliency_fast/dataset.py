@@ -450,6 +450,24 @@ def _shard_problem(path: Path, run_id: str, start: int, stop: int) -> Optional[s
     return None
 
 
+def check_model_accepts(model: nn.Module, shape: Tuple[int, ...], where: str, device=None) -> None:
+    """One forward of a zero image of ``shape`` (C, H, W): refuse images the model cannot take,
+    or a model that does not return (B, classes) logits, naming ``where`` the images come from."""
+    parameter = next((t for t in [*model.parameters(), *model.buffers()]), None)
+    device = device if device is not None else (parameter.device if parameter is not None else "cpu")
+    dtype = parameter.dtype if parameter is not None and parameter.is_floating_point() else torch.float32
+    try:
+        with attribution_mode(model), torch.no_grad():
+            output = model(torch.zeros((1, *shape), device=device, dtype=dtype))
+    except RuntimeError as error:
+        raise ValueError(f"the model cannot take the {'×'.join(map(str, shape))} (C×H×W) images of {where}: "
+                         f"{str(error).strip().splitlines()[0][:200]}. Pass images of the size and channel count the "
+                         "model was built for (the digits model takes 1×32×32)") from error
+    if isinstance(output, torch.Tensor) and output.dim() != 2:
+        raise ValueError(f"the model must return (B, classes) logits, but returned shape {tuple(output.shape)} "
+                         "for a batch of 1")
+
+
 # ==============================================================================================
 # processes and devices
 # ==============================================================================================
@@ -690,6 +708,7 @@ def _attribute(model, source, method_name, options, parameters, out_dir, batch_s
     device = processes.device(model, device)
     model.to(device)
     shape = _reference_shape(source)
+    check_model_accepts(model, shape, f"the data ({source.description})", device)
     amp_dtype = _amp_dtype(device) if amp else None
     identity = {
         "method": method_name, "method_parameters": parameters,

@@ -42,6 +42,10 @@ TIES = ("include", "exact")
 REDUCTIONS = ("sum", "norm")
 
 
+class StepLimitExceeded(RuntimeError):
+    """A path needed more than ``max_steps`` model calls (raise max_steps or pixels_per_step)."""
+
+
 @dataclass
 class PathResult:
     """One manipulation path. ``attribution`` is signed so that it sums to about
@@ -234,7 +238,7 @@ class SAMP(AttributionMethod):
                 rows = torch.from_numpy(live).to(inputs.device)
                 batch_target = target.index_select(0, rows)
             if calls >= max_steps:
-                raise RuntimeError(
+                raise StepLimitExceeded(
                     f"SAMP exceeded max_steps={max_steps} on the {'insertion' if insertion else 'deletion'} "
                     f"path with {live.size} image(s) unfinished; raise max_steps or pixels_per_step"
                 )

@@ -248,6 +248,8 @@ class FolderLock:
         if _HELD.get(key):
             _HELD[key] += 1
             return
+        if self.folder.exists() and not self.folder.is_dir():
+            raise NotADirectoryError(f"{self.folder} is a file, not a folder; choose a folder for the output")
         self.folder.mkdir(parents=True, exist_ok=True)
         record = {"pid": os.getpid(), "host": socket.gethostname(), "started": _process_start(os.getpid()),
                   "since": time.strftime("%Y-%m-%d %H:%M:%S"), "purpose": self.purpose}

@@ -172,7 +172,11 @@ class _Trainer:
         path = self.checkpoint_path
         if path is None or not path.exists():
             return 0
-        state = ckpt.load_checkpoint(path, map_location=self.device)
+        try:
+            state = ckpt.load_checkpoint(path, map_location=self.device)
+        except ckpt.CorruptFileError as error:
+            raise ckpt.CorruptFileError(f"{error}. Pass resume=False (CLI: --no-resume) to start over, or another "
+                                        "checkpoint_dir") from error
         if state["method_name"] != self.method.name:
             raise ValueError(f"{path} was written by method {state['method_name']!r}, not {self.method.name!r}; "
                              "pass resume=False or another checkpoint_dir")
