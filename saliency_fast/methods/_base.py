@@ -5,7 +5,8 @@ from typing import Callable
 
 from torch import Tensor, nn
 
-from .._common import Target, attribution_mode, check_images, check_model_device, resolve_target
+from .._common import (Target, attribution_mode, check_autograd_available, check_images, check_model_device,
+                       resolve_target, warn_if_not_finite)
 from ..references import make_reference
 
 
@@ -24,11 +25,16 @@ class AttributionMethod:
 
     def attribute(self, inputs: Tensor, target: Target = None, **kwargs) -> Tensor:
         check_images(inputs)
+        check_autograd_available(type(self).__name__)
+        if inputs.is_inference():  # made under inference_mode: autograd cannot track it, a copy it can
+            inputs = inputs.clone()
         if isinstance(self.model, nn.Module):
             check_model_device(self.model, inputs)
             with attribution_mode(self.model):
-                return self._attribute(inputs, resolve_target(self.model, inputs, target), **kwargs)
-        return self._attribute(inputs, resolve_target(self.model, inputs, target), **kwargs)
+                maps = self._attribute(inputs, resolve_target(self.model, inputs, target), **kwargs)
+        else:
+            maps = self._attribute(inputs, resolve_target(self.model, inputs, target), **kwargs)
+        return warn_if_not_finite(maps, f"{type(self).__name__} maps")
 
     def _attribute(self, inputs: Tensor, target: Tensor, **kwargs) -> Tensor:  # pragma: no cover
         raise NotImplementedError

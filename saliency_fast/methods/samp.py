@@ -310,7 +310,7 @@ def resolve_pixels_per_step(value, height: int, width: int) -> int:
         return 10 if max(height, width) <= SMALL_IMAGE_SIDE else 16 * width
     if isinstance(value, float):
         return max(1, round(value * height * width))
-    return value
+    return min(value, height * width)  # a step past the whole image moves every pixel at once
 
 
 def default_max_steps(pixels: int, k: int, n_frag: Optional[int]) -> int:
