@@ -857,7 +857,8 @@ def load_attributions(out_dir: Union[str, os.PathLike], details: bool = False) -
         record = _load_shard(path)
         if record[CHECKSUM_KEY] != entries[index]["checksum"]:
             raise CorruptFileError(f"{path} is not the shard this run wrote (its checksum differs from the one in "
-                                   f"{MANIFEST_NAME}); recompute it: delete it and run attribute_dataset again")
+                                   f"{out_dir / MANIFEST_NAME}); recompute it: delete it and run attribute_dataset "
+                                   "again")
         indices, shard_skipped = _checked_shard(path, record, manifest["run"], start, stop, map_shape, storage_dtype,
                                                 evaluate)
         maps[indices] = record["maps"]
@@ -933,7 +934,8 @@ def _checked_shard(path: Path, record: dict, run_id: str, start: int, stop: int,
                                 "it and run attribute_dataset again)")
 
     if record.get("run") != run_id:
-        raise bad("it was written by another run (method, model, data or settings differ)")
+        raise bad(f"it was written by another run than {path.parent / MANIFEST_NAME} describes (method, model, "
+                  "data or settings differ)")
     if (record.get("start"), record.get("stop")) != (start, stop):
         raise bad(f"it covers images [{record.get('start')}, {record.get('stop')}), not [{start}, {stop})")
     indices = record.get("indices")

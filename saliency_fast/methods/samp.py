@@ -23,6 +23,7 @@ from .. import ops
 from .._common import (
     Target,
     attribution_mode,
+    check_autograd_available,
     check_images,
     check_model_device,
     check_score,
@@ -30,6 +31,7 @@ from .._common import (
     minmax_normalize,
     resolve_target,
     score_outputs,
+    warn_if_not_finite,
 )
 from .._reference import ATOL, RTOL, pixels_active
 from ..references import SMALL_IMAGE_SIDE, Reference, make_reference
@@ -189,12 +191,18 @@ class SAMP(AttributionMethod):
         check_images(inputs)
         if inputs.dtype not in PATH_DTYPES:
             raise TypeError(f"inputs must be float16, bfloat16, float32 or float64 for SAMP, got {inputs.dtype}")
+        check_autograd_available(type(self).__name__)
+        if inputs.is_inference():  # made under inference_mode: autograd cannot track it, a copy it can
+            inputs = inputs.clone()
         model = self.model
         if isinstance(model, nn.Module):
             check_model_device(model, inputs)
             with attribution_mode(model):
-                return self._attribute_paths(inputs, target, scores)
-        return self._attribute_paths(inputs, target, scores)
+                result = self._attribute_paths(inputs, target, scores)
+        else:
+            result = self._attribute_paths(inputs, target, scores)
+        warn_if_not_finite(result.raw, f"{type(self).__name__} maps")
+        return result
 
     # -- internals ----------------------------------------------------------------------
     def _attribute_paths(self, inputs: Tensor, target: Target, scores: bool) -> SAMPResult:
