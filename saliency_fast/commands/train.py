@@ -121,15 +121,13 @@ def load_data(spec: str, batch_size: int, seed: int):
                          "(np.savez(path, x_train=..., y_train=...))")
     try:
         with np.load(spec, allow_pickle=False) as arrays:
-            missing = {"x_train", "y_train"} - set(arrays.files)
-            if missing:
-                raise ValueError(f"{spec} lacks the arrays {sorted(missing)} (it has {arrays.files})")
             split = {key: np.asarray(arrays[key]) for key in arrays.files}
-    except ValueError:
-        raise
     except Exception as error:  # a damaged zip, a text file renamed .npz, object arrays, …
         raise ValueError(f"--data {spec} cannot be read as an .npz of numeric arrays ({type(error).__name__}: "
                          f"{str(error).splitlines()[0][:150] if str(error) else ''})") from error
+    missing = {"x_train", "y_train"} - set(split)
+    if missing:
+        raise ValueError(f"{spec} lacks the arrays {sorted(missing)} (it has {sorted(split)})")
     x_train = _images(split["x_train"], "x_train", spec)
     x_test = _images(split["x_test"], "x_test", spec) if "x_test" in split else x_train
     y_train = _labels(split["y_train"], "y_train", spec, len(x_train))

@@ -76,16 +76,29 @@ def atomic_write_bytes(path: Path, write) -> None:
                           + ("; free some disk space" if error.errno in (errno.ENOSPC, errno.EDQUOT) else
                              "; choose a writable folder"), str(path)) from error
         raise
-    except RuntimeError as error:  # torch.save's writer
-        if "write" not in str(error).lower():
+    except RuntimeError as error:  # torch.save's writer: the OSError it hit is in the chain, or only its text
+        cause = _disk_error_in_chain(error)
+        if cause is None and "write" not in str(error).lower():
             raise
-        raise OSError(errno.ENOSPC, f"cannot write {path} ({str(error).splitlines()[0]}); is the disk full? "
-                      "Free some space or choose another folder", str(path)) from error
+        code = cause.errno if cause is not None else errno.ENOSPC
+        raise OSError(code, f"cannot write {path}: {os.strerror(code)}"
+                      + ("; free some disk space" if code in (errno.ENOSPC, errno.EDQUOT) else
+                         "; choose a writable folder"), str(path)) from error
     finally:
         try:
             temporary.unlink()
         except FileNotFoundError:
             pass
+
+
+def _disk_error_in_chain(error: BaseException) -> Optional[OSError]:
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in _DISK_ERRORS:
+            return error
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def remove_stale_temporaries(folder: Path, names) -> list:
@@ -284,7 +297,13 @@ class FolderLock:
         """Write the lock atomically with its content: a complete temporary file hard-linked to
         the lock's name (link fails if the name exists)."""
         temporary = self.path.with_name(f"{LOCK_NAME}.tmp-{os.getpid()}")
-        temporary.write_text(json.dumps(record))
+        try:
+            temporary.write_text(json.dumps(record))
+        except OSError as error:
+            if error.errno not in _DISK_ERRORS:
+                raise
+            raise OSError(error.errno, f"cannot write in {self.folder}: {os.strerror(error.errno)}; choose a "
+                          "writable folder with free space", str(self.folder)) from error
         try:
             os.link(temporary, self.path)
             return True
