@@ -365,3 +365,39 @@ def test_fit_killed_9_at_a_random_moment_resumes_to_the_same_weights(tmp_path):
         resumed = finish(tmp_path / "out")
     for (name, want), got in zip(reference.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(got, want, rtol=0, atol=0, msg=name)
+
+
+# ==============================================================================================
+# the test suite itself against a non-editable install
+# ==============================================================================================
+@pytest.mark.slow
+def test_tests_run_against_a_non_editable_install_whose_source_tree_is_not_built(tmp_path):
+    """After ``pip install .`` the source tree beside tests/ has no compiled _C; pytest puts that
+    tree first on sys.path. conftest.py then imports the installed copy (here: a copy of this
+    package in a site folder with its dist-info), so the suite tests what is installed."""
+    import shutil
+
+    site, source = tmp_path / "site", tmp_path / "source"
+    shutil.copytree(REPO / "saliency_fast", site / "saliency_fast", ignore=shutil.ignore_patterns("__pycache__"))
+    info = site / "saliency_fast-0.1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: saliency_fast\nVersion: 0.1.0\n")
+    (info / "RECORD").write_text("")
+    shutil.copytree(REPO / "saliency_fast", source / "saliency_fast",
+                    ignore=shutil.ignore_patterns("__pycache__", "_C*.so", "_C*.pyd", "weights"))
+    (source / "tests").mkdir()
+    for name in ("__init__.py", "conftest.py"):
+        shutil.copy(REPO / "tests" / name, source / "tests" / name)
+    (source / "tests" / "test_where.py").write_text(
+        "import saliency_fast\n\ndef test_where():\n    assert saliency_fast.native_available()\n"
+        f"    assert saliency_fast.__file__ == {str(site / 'saliency_fast' / '__init__.py')!r}\n")
+    # -S: no site processing, so an editable install of this checkout (a .pth finder) cannot interfere
+    packages = [p for p in sys.path if p.endswith("site-packages")]
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), *packages]),
+                   "SALIENCY_FAST_REQUIRE_NATIVE": "1"}
+    command = [sys.executable, "-S", "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_where.py"]
+    done = subprocess.run(command, cwd=source, env=environment, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    forced = subprocess.run(command, cwd=source, env={**environment, "SALIENCY_FAST_TEST_SOURCE": "1"},
+                            capture_output=True, text=True, timeout=300)
+    assert forced.returncode != 0 and "cannot import name '_C'" in forced.stdout + forced.stderr  # the old failure
