@@ -459,6 +459,8 @@ def check_model_accepts(model: nn.Module, shape: Tuple[int, ...], where: str, de
     try:
         with attribution_mode(model), torch.no_grad():
             output = model(torch.zeros((1, *shape), device=device, dtype=dtype))
+    except OutOfMemoryError:
+        return  # not a shape problem: the run's own out-of-memory handling decides
     except RuntimeError as error:
         raise ValueError(f"the model cannot take the {'×'.join(map(str, shape))} (C×H×W) images of {where}: "
                          f"{str(error).strip().splitlines()[0][:200]}. Pass images of the size and channel count the "
