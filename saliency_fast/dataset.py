@@ -776,8 +776,7 @@ def _prepare(out_dir: Path, identity: dict, resume: bool, processes: ProcessGrou
     if processes.rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
         # files of a killed run, never renamed into place (we hold the lock: no live writer owns them)
-        remove_stale_temporaries(out_dir, [p.name for p in stray] + [SHARD_PATTERN.format(i) for i in range(len(ranges))]
-                                 + [MANIFEST_NAME])
+        remove_stale_temporaries(out_dir, ("shard-*.pt", MANIFEST_NAME))
         for path in stray:
             problem = None if resume else "overwritten (resume=False)"
             if problem is None:

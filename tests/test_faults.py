@@ -30,7 +30,8 @@ from saliency_fast.train.checkpoint import LOCK_NAME, CorruptFileError, FolderIn
 # shared fixtures: a tiny classifier on 8×8 images and a clean batch
 # ==============================================================================================
 SIZE = 8
-FAST_OPTIONS = {"ig": {"n_steps": 4}, "smoothgrad": {"n_samples": 2}, "guidedig": {"x_steps": 4}, "samp++": {"n_frag": 8}}
+FAST_OPTIONS = {"ig": {"n_steps": 4}, "smoothgrad": {"n_samples": 2}, "guidedig": {"x_steps": 4},
+                "samp++": {"n_frag": 8}}
 
 
 def tiny_model(seed: int = 0, norm: bool = False) -> nn.Module:

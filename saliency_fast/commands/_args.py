@@ -57,15 +57,16 @@ def load_weights(model: nn.Module, path: str, spec: str) -> nn.Module:
     import os
 
     if os.path.isdir(path):
-        raise ValueError(f"--weights {path} is a folder; pass the state_dict file (torch.save(model.state_dict(), path))")
+        raise ValueError(f"--weights {path} is a folder; pass the state_dict file "
+                         "(torch.save(model.state_dict(), path))")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--weights {path} does not exist")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated zip, text, a pickle weights_only refuses, …: all the user's file
-        refused = type(error).__name__ == "UnpicklingError"
+        first_line = str(error).strip().splitlines()[0][:150] if str(error).strip() else ""
         why = ("it holds Python objects other than tensors, which are not loaded because loading them could run code"
-               if refused else f"{type(error).__name__}: {str(error).strip().splitlines()[0][:150] if str(error).strip() else ''}")
+               if type(error).__name__ == "UnpicklingError" else f"{type(error).__name__}: {first_line}")
         raise ValueError(f"--weights {path} is not a readable state_dict file ({why}); save one with "
                          "torch.save(model.state_dict(), path)") from error
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):

@@ -102,8 +102,8 @@ def _disk_error_in_chain(error: BaseException) -> Optional[OSError]:
 
 
 def remove_stale_temporaries(folder: Path, names) -> list:
-    """Delete ``.NAME.tmp-PID`` files (left by a writer killed mid-write) of the given names;
-    call only while holding the folder's lock. Returns the removed paths."""
+    """Delete ``.NAME.tmp-PID`` files (left by a writer killed mid-write) of the given names (glob
+    patterns); call only while holding the folder's lock. Returns the removed paths."""
     removed = []
     for name in names:
         for leftover in Path(folder).glob(f".{name}.tmp-*"):
@@ -274,8 +274,8 @@ class FolderLock:
             if owner is None:
                 continue  # removed meanwhile, or unreadable and removed as stale: try again
             if owner.get("host") == record["host"] and not _alive(owner):
-                warnings.warn(f"{self.path}: taking over the lock of process {owner.get('pid')} on {owner.get('host')}, "
-                              "which is no longer running (it was killed)", stacklevel=3)
+                warnings.warn(f"{self.path}: taking over the lock of process {owner.get('pid')} on "
+                              f"{owner.get('host')}, which is no longer running (it was killed)", stacklevel=3)
                 self._remove()
                 continue
             raise FolderInUseError(
