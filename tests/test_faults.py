@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import warnings
@@ -370,7 +371,7 @@ def test_fit_refuses_a_damaged_checkpoint_naming_it(damage, tmp_path):
 def test_fit_refuses_a_folder_another_live_process_writes(tmp_path):
     with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as other:
         try:
-            (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": other.pid, "host": os.uname().nodename,
+            (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": other.pid, "host": socket.gethostname(),
                                                           "purpose": "training", "since": "now"}))
             with pytest.raises(FolderInUseError, match=rf"in use by process {other.pid} .*{LOCK_NAME}"):
                 fit(tmp_path)
@@ -461,7 +462,7 @@ def test_a_second_writer_is_refused_naming_the_owner(tmp_path):
     with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as other:
         try:
             (tmp_path / "out").mkdir()
-            (tmp_path / "out" / LOCK_NAME).write_text(json.dumps({"pid": other.pid, "host": os.uname().nodename,
+            (tmp_path / "out" / LOCK_NAME).write_text(json.dumps({"pid": other.pid, "host": socket.gethostname(),
                                                                   "purpose": "attribute_dataset samp++",
                                                                   "since": "now"}))
             with pytest.raises(FolderInUseError, match=rf"in use by process {other.pid} .*attribute_dataset samp\+\+"):
