@@ -86,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
 def describe(error: BaseException) -> str:
     """The error's message on one line (an OSError's strerror and file name when it has no message)."""
     text = " ".join(str(error).split())
-    if isinstance(error, OSError) and error.strerror and not text.startswith("cannot"):
+    if isinstance(error, OSError) and error.strerror:
+        if error.strerror.startswith("cannot"):  # ours (atomic writes, locks): already names the file
+            return error.strerror
         where = f": {error.filename}" if error.filename else ""
         text = f"{error.strerror}{where}" + ("" if error.errno is None else f" (errno {error.errno})")
     return text or type(error).__name__
