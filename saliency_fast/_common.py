@@ -7,6 +7,7 @@ Python exception that names the argument, instead of failing deep inside a kerne
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Callable, Iterator, Optional, Union
 
 import torch
@@ -26,8 +27,29 @@ def check_images(inputs: Tensor, name: str = "inputs") -> Tensor:
         raise ValueError(f"{name} is an empty batch (B = 0); pass at least one image")
     if not inputs.is_floating_point():
         raise TypeError(f"{name} must be a floating tensor (float32 or float64), got {inputs.dtype}")
+    if inputs.is_meta:
+        raise ValueError(f"{name} is on the meta device (a shape without values); pass a tensor with data")
     check_finite(inputs, name)
     return inputs
+
+
+def check_autograd_available(what: str) -> None:
+    """Gradient-based attribution needs autograd, which torch.inference_mode() switches off."""
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(f"{what} needs gradients but runs inside torch.inference_mode(); call it outside that "
+                           "block (torch.no_grad() around it is fine)")
+
+
+def warn_if_not_finite(result: Tensor, what: str, stacklevel: int = 3) -> Tensor:
+    """Warn (naming the images) when finite inputs gave NaN/Inf results: the model's output or its
+    gradient is not finite there, and such maps or scores must not pass for real ones."""
+    finite = torch.isfinite(result.reshape(result.shape[0], -1)).all(dim=1) if result.dim() else torch.isfinite(result)
+    if not bool(finite.all()):
+        bad = torch.nonzero(~finite.reshape(-1)).reshape(-1).tolist()
+        listed = ", ".join(map(str, bad[:10])) + (", …" if len(bad) > 10 else "")
+        warnings.warn(f"{what} of image(s) {listed} contain NaN or Inf although the inputs are finite: the model's "
+                      "output (or its gradient) is not finite there", RuntimeWarning, stacklevel=stacklevel)
+    return result
 
 
 def check_finite(tensor: Tensor, name: str) -> None:
@@ -63,6 +85,11 @@ def check_model_device(model: nn.Module, inputs: Tensor) -> None:
             f"the model is on {device} but inputs are on {inputs.device}; call model.to(inputs.device) "
             "or move the inputs"
         )
+    dtypes = {param.dtype for param in model.parameters() if param.is_floating_point()}
+    if len(dtypes) == 1 and inputs.is_floating_point() and inputs.dtype not in dtypes:
+        (dtype,) = dtypes
+        raise TypeError(f"inputs are {inputs.dtype} but the model's parameters are {dtype}; convert one of them "
+                        f"(inputs.to({dtype}) or model.to({inputs.dtype}))")
 
 
 def score_outputs(logits: Tensor, target: Tensor, score: str = "logit") -> Tensor:

@@ -40,6 +40,17 @@ class ProcessGroup:
         if self.active:
             dist.barrier()
 
+    def all_true(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on every rank (a failure on one rank, e.g. rank 0 refused the
+        output folder, then stops all of them instead of leaving the others at a barrier)."""
+        if not self.active:
+            return bool(flag)
+        on_gpu = dist.get_backend() == "nccl"
+        value = torch.tensor([int(bool(flag))], device=torch.device("cuda", torch.cuda.current_device())
+                             if on_gpu else torch.device("cpu"))
+        dist.all_reduce(value, op=dist.ReduceOp.MIN)
+        return bool(value.item())
+
     def close(self) -> None:
         if self.owns_group:
             destroy_process_group()

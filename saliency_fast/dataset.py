@@ -14,7 +14,17 @@ Why it is built this way:
 - **Kill-safe.** Every file is written to a temporary sibling, flushed to disk and renamed into place
   (``os.replace`` is atomic), so a shard file either exists complete or not at all. A run killed at any
   moment (even ``kill -9``) loses at most the shards it was computing; ``resume=True`` (the default)
-  skips every finished shard.
+  skips every finished shard. Temporary files a killed run left are removed by the next run.
+- **Checksummed.** Every shard carries a checksum of its content and the identity of the run that
+  wrote it; the manifest records each shard's checksum. Resuming recomputes a shard that is damaged,
+  truncated or from another run (with a warning naming it); ``load_attributions`` raises
+  ``CorruptFileError`` naming the file, and validates the manifest's fields before trusting them.
+- **One writer.** The run owns ``out_dir`` through a lock file (``.lock``: pid, host); a second run
+  into the same folder raises ``FolderInUseError`` naming the owner. The lock of a killed run is
+  taken over with a warning.
+- **Attribution mode.** The model runs in eval mode with frozen parameters (a model passed in train
+  mode is put back in train mode afterwards), so BatchNorm statistics never change and dropout never
+  randomises the explained class.
 - **Reproducible.** A shard is always cut into the same batches (consecutive readable images,
   ``batch_size`` at a time, counted from the shard's start), whoever computes it and whenever, so a
   resumed run and a ``torchrun`` run give the same maps as one uninterrupted process.
@@ -31,6 +41,7 @@ Why it is built this way:
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
 import inspect
@@ -46,13 +57,15 @@ import torch
 from torch import Tensor, nn
 
 from .methods import GradCAM, GuidedIG, InputXGradient, IntegratedGradients, SAMP, Saliency, SmoothGrad
+from ._common import attribution_mode
 from ._distributed import ProcessGroup
-from .train.checkpoint import atomic_write_bytes
+from .train.checkpoint import (CHECKSUM_KEY, CorruptFileError, FolderInUseError, FolderLock, atomic_write_bytes,
+                               content_checksum, load_verified, remove_stale_temporaries, save_verified)
 
 __all__ = ["attribute_dataset", "load_attributions", "make_method", "method_parameters", "AttributionSet",
-           "METHOD_NAMES", "MANIFEST_NAME"]
+           "METHOD_NAMES", "MANIFEST_NAME", "CorruptFileError", "FolderInUseError"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: shard checksums and run identity in every shard
 MANIFEST_NAME = "manifest.json"
 SHARD_PATTERN = "shard-{:06d}.pt"
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
@@ -402,19 +415,59 @@ def _read_manifest(out_dir: Path) -> Optional[dict]:
         return None
     try:
         manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON ({error}); remove the folder or pass resume=False") from error
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CorruptFileError(f"{path} is not valid JSON ({error}); remove the folder or pass resume=False") from error
+    if isinstance(manifest, dict) and manifest.get("format") == 1:
+        raise CorruptFileError(f"{path} was written by an older saliency_fast (format 1, no checksums); "
+                               "recompute with resume=False (CLI: --no-resume) or use a new out_dir")
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_VERSION or "identity" not in manifest:
-        raise ValueError(f"{path} is not a saliency_fast attribution manifest (format {FORMAT_VERSION})")
+        raise CorruptFileError(f"{path} is not a saliency_fast attribution manifest (format {FORMAT_VERSION})")
     return manifest
+
+
+def _shard_index(path: Path) -> Optional[int]:
+    stem = path.name[len("shard-"):-len(".pt")]
+    return int(stem) if stem.isdigit() and path.name == SHARD_PATTERN.format(int(stem)) else None
 
 
 def _shard_ranges(count: int, shard_size: int) -> List[Tuple[int, int]]:
     return [(start, min(start + shard_size, count)) for start in range(0, count, shard_size)]
 
 
-def _load_shard(path: Path, mmap: bool = False) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+def _load_shard(path: Path) -> dict:
+    """A shard, its checksum verified (CorruptFileError naming the file otherwise)."""
+    return load_verified(path, "saliency_fast attribution shard")
+
+
+def _shard_problem(path: Path, run_id: str, start: int, stop: int) -> Optional[str]:
+    """Why the shard file at ``path`` cannot be kept (damaged, or not this run's), or None."""
+    try:
+        record = _load_shard(path)
+    except (CorruptFileError, FileNotFoundError) as error:
+        return str(error)
+    if record.get("run") != run_id or (record.get("start"), record.get("stop")) != (start, stop):
+        return f"{path} was written by another run (or for other indices)"
+    return None
+
+
+def check_model_accepts(model: nn.Module, shape: Tuple[int, ...], where: str, device=None) -> None:
+    """One forward of a zero image of ``shape`` (C, H, W): refuse images the model cannot take,
+    or a model that does not return (B, classes) logits, naming ``where`` the images come from."""
+    parameter = next((t for t in [*model.parameters(), *model.buffers()]), None)
+    device = device if device is not None else (parameter.device if parameter is not None else "cpu")
+    dtype = parameter.dtype if parameter is not None and parameter.is_floating_point() else torch.float32
+    try:
+        with attribution_mode(model), torch.no_grad():
+            output = model(torch.zeros((1, *shape), device=device, dtype=dtype))
+    except OutOfMemoryError:
+        return  # not a shape problem: the run's own out-of-memory handling decides
+    except RuntimeError as error:
+        raise ValueError(f"the model cannot take the {'×'.join(map(str, shape))} (C×H×W) images of {where}: "
+                         f"{str(error).strip().splitlines()[0][:200]}. Pass images of the size and channel count the "
+                         "model was built for (the digits model takes 1×32×32)") from error
+    if isinstance(output, torch.Tensor) and output.dim() != 2:
+        raise ValueError(f"the model must return (B, classes) logits, but returned shape {tuple(output.shape)} "
+                         "for a batch of 1")
 
 
 # ==============================================================================================
@@ -623,60 +676,86 @@ def attribute_dataset(
     options = dict(method_options or {})
     parameters = method_parameters(method_name, model, **options)
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(f"out_dir {out_dir} is a file, not a folder; pass a folder (it is created if missing)")
     source = _open_source(data)
 
     processes = ProcessGroup()
     try:
-        device = processes.device(model, device)
-        model.to(device)
-        shape = _reference_shape(source)
-        amp_dtype = _amp_dtype(device) if amp else None
-        identity = {
-            "method": method_name, "method_parameters": parameters,
-            "model": {"class": type(model).__qualname__, "sha256": model_fingerprint(model)},
-            "input": {"count": len(source), "shape": list(shape), "sha256": source.fingerprint()},
-            "shard_size": shard_size, "dtype": dtype, "amp": str(amp_dtype).replace("torch.", "") if amp else False,
-            "evaluate": bool(evaluate),
-        }
-        manifest = _prepare(out_dir, identity, resume, processes, source.description)
-        ranges = _shard_ranges(len(source), shard_size)
-        pending = [i for i in range(len(ranges)) if not (out_dir / SHARD_PATTERN.format(i)).is_file()]
-        processes.barrier()  # everyone has listed the finished shards before any new one appears
-        mine = pending[processes.rank :: processes.world]
-
-        if channels_last:
-            model.to(memory_format=torch.channels_last)
-        run_model = _RunModel(model, amp_dtype, channels_last, compile) if (amp or channels_last or compile) else model
-        attribution = _build_method(method_name, run_model, model, options)
-        from tqdm import tqdm
-
-        todo = sum(ranges[i][1] - ranges[i][0] for i in mine)
-        with tqdm(total=todo, unit="img", desc=f"{method_name} rank {processes.rank}/{processes.world}"
-                  if processes.active else method_name, disable=not progress or processes.rank != 0,
-                  dynamic_ncols=True) as bar:
-            runner = _Runner(attribution, run_model, device, batch_size, STORAGE_DTYPES[dtype], evaluate, bar)
-            for index in mine:
-                start, stop = ranges[index]
-                record = runner.shard(source, index, start, stop, shape)
-                record["rank"] = processes.rank
-                atomic_write_bytes(out_dir / SHARD_PATTERN.format(index), lambda handle: torch.save(record, handle))
-        processes.barrier()
-        if processes.rank == 0:
-            manifest = _finalize(out_dir, manifest, ranges, device, batch_size, runner.batch_size, channels_last,
-                                 compile, processes.world)
-        processes.barrier()
-        return manifest if processes.rank == 0 else _read_manifest(out_dir)
+        with contextlib.ExitStack() as held:
+            _own_folder(held, out_dir, f"attribute_dataset {method_name}", processes)
+            held.enter_context(attribution_mode(model))  # eval, frozen parameters; the caller's modes restored
+            return _attribute(model, source, method_name, options, parameters, out_dir, batch_size, shard_size,
+                              resume, device, amp, channels_last, compile, evaluate, dtype, progress, processes)
     finally:
         if channels_last:  # give the caller's model back in its usual layout
             model.to(memory_format=torch.contiguous_format)
         processes.close()
 
 
-def _prepare(out_dir: Path, identity: dict, resume: bool, processes: ProcessGroup, source: str) -> dict:
+def _own_folder(stack: contextlib.ExitStack, out_dir: Path, purpose: str, processes: ProcessGroup) -> None:
+    """Rank 0 takes the folder's lock; every rank raises if it could not."""
+    refusal = None
+    if processes.rank == 0:
+        try:
+            stack.enter_context(FolderLock(out_dir, purpose))
+        except (FolderInUseError, OSError) as error:
+            refusal = error
+    if not processes.all_true(refusal is None):
+        raise refusal if refusal is not None else FolderInUseError(f"rank 0 could not take the lock of {out_dir}")
+
+
+def _attribute(model, source, method_name, options, parameters, out_dir, batch_size, shard_size, resume, device,
+               amp, channels_last, compile, evaluate, dtype, progress, processes) -> dict:
+    device = processes.device(model, device)
+    model.to(device)
+    shape = _reference_shape(source)
+    check_model_accepts(model, shape, f"the data ({source.description})", device)
+    amp_dtype = _amp_dtype(device) if amp else None
+    identity = {
+        "method": method_name, "method_parameters": parameters,
+        "model": {"class": type(model).__qualname__, "sha256": model_fingerprint(model)},
+        "input": {"count": len(source), "shape": list(shape), "sha256": source.fingerprint()},
+        "shard_size": shard_size, "dtype": dtype, "amp": str(amp_dtype).replace("torch.", "") if amp else False,
+        "evaluate": bool(evaluate),
+    }
+    ranges = _shard_ranges(len(source), shard_size)
+    manifest = _prepare(out_dir, identity, resume, processes, source.description, ranges)
+    pending = [i for i in range(len(ranges)) if not (out_dir / SHARD_PATTERN.format(i)).is_file()]
+    processes.barrier()  # everyone has listed the finished shards before any new one appears
+    mine = pending[processes.rank :: processes.world]
+
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    run_model = _RunModel(model, amp_dtype, channels_last, compile) if (amp or channels_last or compile) else model
+    attribution = _build_method(method_name, run_model, model, options)
+    from tqdm import tqdm
+
+    todo = sum(ranges[i][1] - ranges[i][0] for i in mine)
+    with tqdm(total=todo, unit="img", desc=f"{method_name} rank {processes.rank}/{processes.world}"
+              if processes.active else method_name, disable=not progress or processes.rank != 0,
+              dynamic_ncols=True) as bar:
+        runner = _Runner(attribution, run_model, device, batch_size, STORAGE_DTYPES[dtype], evaluate, bar)
+        for index in mine:
+            start, stop = ranges[index]
+            record = runner.shard(source, index, start, stop, shape)
+            record["rank"] = processes.rank
+            record["run"] = manifest["run"]
+            save_verified(out_dir / SHARD_PATTERN.format(index), record)
+    processes.barrier()
+    if processes.rank == 0:
+        manifest = _finalize(out_dir, manifest, ranges, device, batch_size, runner.batch_size, channels_last,
+                             compile, processes.world)
+    processes.barrier()
+    return manifest if processes.rank == 0 else _read_manifest(out_dir)
+
+
+def _prepare(out_dir: Path, identity: dict, resume: bool, processes: ProcessGroup, source: str, ranges) -> dict:
     """Check an existing manifest against this run (every rank, so all raise alike), then let rank 0
-    clear or create the folder and write the manifest. The data's location (``source``) is recorded
-    but is not part of the identity: the same images moved elsewhere still resume."""
-    existing = _read_manifest(out_dir) if out_dir.is_dir() else None
+    clear or create the folder, drop damaged or foreign shards and write the manifest. The data's
+    location (``source``) is recorded but is not part of the identity: the same images moved
+    elsewhere still resume."""
+    existing = _read_manifest(out_dir) if out_dir.is_dir() and resume else None
     if resume and existing is not None:
         differences = _identity_differences(existing["identity"], identity)
         if differences:
@@ -692,14 +771,21 @@ def _prepare(out_dir: Path, identity: dict, resume: bool, processes: ProcessGrou
 
     manifest = {
         "format": FORMAT_VERSION, "package": "saliency_fast", "version": __version__, "torch": torch.__version__,
-        "identity": identity, "source": source, "complete": False,
+        "identity": identity, "run": content_checksum(identity), "source": source, "complete": False,
     }
     if processes.rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
-        for leftover in out_dir.glob(".shard-*.pt.tmp-*"):  # files of a killed run, never renamed into place
-            leftover.unlink()
-        if not resume:
-            for path in stray:
+        # files of a killed run, never renamed into place (we hold the lock: no live writer owns them)
+        remove_stale_temporaries(out_dir, ("shard-*.pt", MANIFEST_NAME))
+        for path in stray:
+            problem = None if resume else "overwritten (resume=False)"
+            if problem is None:
+                index = _shard_index(path)
+                problem = ("not one of this run's shard files" if index is None or index >= len(ranges)
+                           else _shard_problem(path, manifest["run"], *ranges[index]))
+                if problem is not None:
+                    warnings.warn(f"attribute_dataset: recomputing {path.name}: {problem}", stacklevel=4)
+            if problem is not None:
                 path.unlink()
         _write_manifest(out_dir, manifest)
     processes.barrier()
@@ -710,9 +796,10 @@ def _finalize(out_dir, manifest, ranges, device, batch_size, final_batch_size, c
     """Rank 0, after every rank finished: the shard index and the skipped images into the manifest."""
     shards, skipped = [], []
     for index, (start, stop) in enumerate(ranges):
-        record = _load_shard(out_dir / SHARD_PATTERN.format(index), mmap=True)
+        record = _load_shard(out_dir / SHARD_PATTERN.format(index))
         shards.append({"index": index, "file": SHARD_PATTERN.format(index), "start": start, "stop": stop,
-                       "images": int(record["indices"].numel()), "skipped": len(record["skipped"])})
+                       "images": int(record["indices"].numel()), "skipped": len(record["skipped"]),
+                       "checksum": record[CHECKSUM_KEY]})
         skipped.extend({"index": entry[0], "reason": entry[1], **({"name": entry[2]} if len(entry) > 2 else {})}
                        for entry in record["skipped"])
     manifest = {**manifest, "complete": True, "shards": shards, "skipped": skipped,
@@ -745,34 +832,132 @@ class AttributionSet:
 
 def load_attributions(out_dir: Union[str, os.PathLike], details: bool = False) -> Union[Tensor, AttributionSet]:
     """The maps of a finished ``attribute_dataset`` run as one (N, H, W) tensor in dataset order
-    (NaN rows at skipped images); ``details=True`` returns an :class:`AttributionSet`."""
+    (NaN rows at skipped images); ``details=True`` returns an :class:`AttributionSet`.
+
+    Nothing in the folder is trusted: the manifest's fields are checked (types, ranges, the shard
+    index against the count and shard size), every shard's checksum is verified and must match the
+    manifest's, and each shard's indices, shapes and dtypes must agree with the manifest. Any
+    mismatch raises :class:`CorruptFileError` (a ValueError) naming the file.
+    """
     out_dir = Path(out_dir)
-    manifest = _read_manifest(out_dir)
+    manifest = _read_manifest(out_dir) if out_dir.is_dir() else None
     if manifest is None:
         raise FileNotFoundError(f"{out_dir / MANIFEST_NAME} not found; is {out_dir} an attribute_dataset output folder?")
-    identity = manifest["identity"]
-    count = identity["input"]["count"]
-    ranges = _shard_ranges(count, identity["shard_size"])
+    count, shard_size, map_shape, storage_dtype, evaluate, entries = _checked_manifest(out_dir, manifest)
+    ranges = _shard_ranges(count, shard_size)
     missing = [i for i in range(len(ranges)) if not (out_dir / SHARD_PATTERN.format(i)).is_file()]
     if missing:
         raise ValueError(f"{out_dir} is incomplete: {len(missing)} of {len(ranges)} shards missing (first: "
                          f"{SHARD_PATTERN.format(missing[0])}); run attribute_dataset again with resume=True to finish")
-    records = [_load_shard(out_dir / SHARD_PATTERN.format(i)) for i in range(len(ranges))]
-    map_shape = next((tuple(r["maps"].shape[1:]) for r in records if r["indices"].numel()), tuple(identity["input"]["shape"][1:]))
-    maps = torch.full((count, *map_shape), float("nan"), dtype=STORAGE_DTYPES[identity["dtype"]])
+    maps = torch.full((count, *map_shape), float("nan"), dtype=storage_dtype)
     targets = torch.full((count,), -1, dtype=torch.long)
-    scores = {key: torch.full((count,), float("nan")) for key in ("deletion_auc", "insertion_auc")} \
-        if identity["evaluate"] else {}
+    scores = {key: torch.full((count,), float("nan")) for key in ("deletion_auc", "insertion_auc")} if evaluate else {}
     skipped = []
-    for record in records:
-        indices = record["indices"]
+    for index, (start, stop) in enumerate(ranges):
+        path = out_dir / SHARD_PATTERN.format(index)
+        record = _load_shard(path)
+        if record[CHECKSUM_KEY] != entries[index]["checksum"]:
+            raise CorruptFileError(f"{path} is not the shard this run wrote (its checksum differs from the one in "
+                                   f"{out_dir / MANIFEST_NAME}); recompute it: delete it and run attribute_dataset "
+                                   "again")
+        indices, shard_skipped = _checked_shard(path, record, manifest["run"], start, stop, map_shape, storage_dtype,
+                                                evaluate)
         maps[indices] = record["maps"]
         targets[indices] = record["targets"]
         for key, values in scores.items():
-            values[indices] = record[key] if key in record else values[indices]
-        skipped.extend({"index": e[0], "reason": e[1], **({"name": e[2]} if len(e) > 2 else {})}
-                       for e in record["skipped"])
+            values[indices] = record[key]
+        skipped.extend(shard_skipped)
     if not details:
         return maps
     return AttributionSet(maps=maps, targets=targets, valid=targets >= 0, deletion_auc=scores.get("deletion_auc"),
                           insertion_auc=scores.get("insertion_auc"), skipped=skipped, manifest=manifest)
+
+
+def _is_int(value, low: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _checked_manifest(out_dir: Path, manifest: dict):
+    """(count, shard_size, (H, W), storage dtype, evaluate, shard entries) after checking every
+    field that reading relies on; CorruptFileError naming the manifest and the field otherwise."""
+    path = out_dir / MANIFEST_NAME
+
+    def bad(field: str, value, expected: str):
+        text = json.dumps(value)[:80] if not isinstance(value, str) else repr(value[:80])
+        return CorruptFileError(f"{path}: {field} is {text}, expected {expected}; the manifest was edited or damaged "
+                                "(recompute with resume=False)")
+
+    identity = manifest.get("identity")
+    if not isinstance(identity, dict):
+        raise bad("identity", identity, "an object")
+    if manifest.get("complete") is not True:
+        raise ValueError(f"{out_dir} is incomplete (the run was interrupted); run attribute_dataset again with "
+                         "resume=True to finish it")
+    data = identity.get("input")
+    count = data.get("count") if isinstance(data, dict) else None
+    if not _is_int(count):
+        raise bad("identity.input.count", count, "an int >= 0")
+    shape = data.get("shape")
+    if not (isinstance(shape, list) and len(shape) == 3 and all(_is_int(v, 1) for v in shape)):
+        raise bad("identity.input.shape", shape, "[C, H, W] of positive ints")
+    shard_size = identity.get("shard_size")
+    if not _is_int(shard_size, 1):
+        raise bad("identity.shard_size", shard_size, "a positive int")
+    dtype = identity.get("dtype")
+    if dtype not in STORAGE_DTYPES:
+        raise bad("identity.dtype", dtype, f"one of {list(STORAGE_DTYPES)}")
+    evaluate = identity.get("evaluate")
+    if not isinstance(evaluate, bool):
+        raise bad("identity.evaluate", evaluate, "true or false")
+    if not isinstance(manifest.get("run"), str):
+        raise bad("run", manifest.get("run"), "the run's checksum (a string)")
+    entries = manifest.get("shards")
+    expected_shards = -(-count // shard_size)
+    if not isinstance(entries, list) or len(entries) != expected_shards:
+        raise bad("shards", f"{len(entries) if isinstance(entries, list) else type(entries).__name__} entries",
+                  f"{expected_shards} entries (count {count} / shard_size {shard_size})")
+    for index, entry in enumerate(entries):
+        start, stop = index * shard_size, min((index + 1) * shard_size, count)
+        if not (isinstance(entry, dict) and entry.get("index") == index and entry.get("start") == start
+                and entry.get("stop") == stop and entry.get("file") == SHARD_PATTERN.format(index)
+                and isinstance(entry.get("checksum"), str)):
+            raise bad(f"shards[{index}]", entry, f"index {index}, file {SHARD_PATTERN.format(index)}, start {start}, "
+                      f"stop {stop} and a checksum")
+    return count, shard_size, tuple(shape[1:]), STORAGE_DTYPES[dtype], evaluate, entries
+
+
+def _checked_shard(path: Path, record: dict, run_id: str, start: int, stop: int, map_shape, storage_dtype,
+                   evaluate: bool) -> Tuple[Tensor, List[dict]]:
+    """The shard's dataset indices and skipped entries after checking it against the manifest."""
+
+    def bad(what: str):
+        return CorruptFileError(f"{path}: {what}; the shard does not belong to this manifest (recompute it: delete "
+                                "it and run attribute_dataset again)")
+
+    if record.get("run") != run_id:
+        raise bad(f"it was written by another run than {path.parent / MANIFEST_NAME} describes (method, model, "
+                  "data or settings differ)")
+    if (record.get("start"), record.get("stop")) != (start, stop):
+        raise bad(f"it covers images [{record.get('start')}, {record.get('stop')}), not [{start}, {stop})")
+    indices = record.get("indices")
+    if not (isinstance(indices, Tensor) and indices.dtype == torch.long and indices.dim() == 1):
+        raise bad("its 'indices' is not a 1-D int64 tensor")
+    n = indices.numel()
+    if n and (int(indices.min()) < start or int(indices.max()) >= stop or bool((indices[1:] <= indices[:-1]).any())):
+        raise bad(f"its indices are not increasing within [{start}, {stop})")
+    expected = {"maps": ((n, *map_shape), storage_dtype), "targets": ((n,), torch.long)}
+    if evaluate:
+        expected.update({key: ((n,), torch.float32) for key in ("deletion_auc", "insertion_auc")})
+    for key, (shape, dtype) in expected.items():
+        value = record.get(key)
+        if not (isinstance(value, Tensor) and tuple(value.shape) == shape and value.dtype == dtype):
+            found = f"{tuple(value.shape)} {value.dtype}" if isinstance(value, Tensor) else type(value).__name__
+            raise bad(f"its '{key}' is {found}, expected {shape} {dtype}")
+    entries = record.get("skipped")
+    if not isinstance(entries, list) or not all(
+            isinstance(e, list) and len(e) in (2, 3) and _is_int(e[0]) and start <= e[0] < stop for e in entries):
+        raise bad("its 'skipped' list is malformed")
+    if n + len(entries) != stop - start or set(indices.tolist()) & {e[0] for e in entries}:
+        raise bad(f"its {n} maps and {len(entries)} skipped images do not cover [{start}, {stop}) once each")
+    skipped = [{"index": e[0], "reason": str(e[1]), **({"name": str(e[2])} if len(e) > 2 else {})} for e in entries]
+    return indices, skipped

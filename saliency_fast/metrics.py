@@ -37,6 +37,7 @@ from ._common import (
     minmax_normalize,
     resolve_target,
     score_outputs,
+    warn_if_not_finite,
 )
 from .references import SMALL_IMAGE_SIDE, Reference, make_reference
 
@@ -281,7 +282,7 @@ def deletion_insertion(
     maps = _attribution_maps(attributions, inputs)
     _check_not_constant(maps, allow_constant)
     check_score(score)
-    paths = tuple(paths)
+    paths = (paths,) if isinstance(paths, str) else tuple(paths)  # "deletion" is one path, not 8 letters
     if not paths or any(path not in PATHS for path in paths):
         raise ValueError(f"paths must be a non-empty subset of {PATHS}, got {paths!r}")
     height, width = inputs.shape[-2:]
@@ -290,7 +291,7 @@ def deletion_insertion(
     _check_positive_int(pixels_per_step, "pixels_per_step")
     max_batch = default_max_batch(inputs) if max_batch is None else _check_positive_int(max_batch, "max_batch")
 
-    counts = curve_counts(height * width, pixels_per_step, device=inputs.device)
+    counts = curve_counts(height * width, min(pixels_per_step, height * width), device=inputs.device)
     ranks = pixel_ranks(maps)
     curves: dict[str, tuple[Tensor, Tensor]] = {}
     with _model_context(model), torch.no_grad():
@@ -312,7 +313,7 @@ def deletion_insertion(
             continue
         curve, probability = curves[path]
         reference_score = curve[:, 0] if path == "deletion" else curve[:, -1]
-        fields[f"{path}_auc"] = curve.mean(dim=1) / reference_score
+        fields[f"{path}_auc"] = warn_if_not_finite(curve.mean(dim=1) / reference_score, f"{path} AUCs")
         fields[f"{path}_auc_prob"] = trapezoid_auc(probability)
         fields[f"{path}_curve"] = curve
         fields[f"{path}_prob_curve"] = probability

@@ -38,6 +38,9 @@ class FailAt(train.TrainingMethod):
         self.inner, self.fail_epoch, self.fail_batch, self.nan, self.seen = inner, epoch, batch, nan, 0
         self.name = inner.name
 
+    def config(self):  # the wrapped method's hyper-parameters: a resumed run uses the method itself
+        return self.inner.config()
+
     def epoch_start(self, epoch, epochs):
         self.seen = 0
         self.inner.epoch_start(epoch, epochs)

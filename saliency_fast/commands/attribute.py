@@ -9,15 +9,14 @@
 """
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import sys
 
-import torch
 from torch import nn
 
 from ..dataset import METHOD_NAMES, STORAGE_DTYPES, attribute_dataset
+from ._args import import_factory, load_weights, parse_device
 
 
 def add_parser(subparsers) -> None:
@@ -67,20 +66,13 @@ def load_model(spec: str, weights: str | None) -> nn.Module:
 
         model = digits_cnn(pretrained=weights is None)
     else:
-        module_name, separator, factory_name = spec.partition(":")
-        if not separator or not module_name or not factory_name:
-            raise ValueError(f"--model must be 'digits' or 'module:factory', got {spec!r}")
-        factory = getattr(importlib.import_module(module_name), factory_name, None)
-        if not callable(factory):
-            raise ValueError(f"--model {spec}: {module_name} has no callable {factory_name!r}")
+        factory = import_factory(spec)
         model = factory()
         if not isinstance(model, nn.Module):
-            raise TypeError(f"--model {spec}: {factory_name}() returned a {type(model).__name__}, not an nn.Module")
+            raise TypeError(f"--model {spec}: {spec.partition(':')[2]}() returned a {type(model).__name__}, "
+                            "not an nn.Module")
     if weights is not None:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-            state = state["state_dict"]
-        model.load_state_dict(state)
+        load_weights(model, weights, spec)
     return model.eval()
 
 
@@ -88,7 +80,7 @@ def run(args) -> int:
     model = load_model(args.model, args.weights)
     manifest = attribute_dataset(
         model, args.data, args.method, args.out, batch_size=args.batch_size, shard_size=args.shard_size,
-        resume=not args.no_resume, device=args.device, amp=args.amp, channels_last=args.channels_last,
+        resume=not args.no_resume, device=parse_device(args.device), amp=args.amp, channels_last=args.channels_last,
         compile=args.compile, evaluate=args.evaluate, method_options=parse_options(args.option), dtype=args.dtype,
         progress=not args.no_progress)
     if int(os.environ.get("RANK", "0")) == 0:  # one report under torchrun

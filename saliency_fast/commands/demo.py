@@ -24,7 +24,9 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     if args.images < 1:
         raise ValueError(f"--images must be >= 1, got {args.images}")
-    device = torch.device(args.device)
+    from ._args import parse_device
+
+    device = parse_device(args.device)
     images, labels = load_digits("test")
     images, labels = images[: args.images].to(device), labels[: args.images]
     model = digits_cnn().to(device)

@@ -17,6 +17,7 @@ from tqdm import tqdm
 from .. import metrics
 from ..dataset import METHOD_NAMES, make_method
 from ..methods import SAMP, IntegratedGradients
+from ._args import check_model_accepts, parse_device
 from .attribute import load_model, parse_options
 from .explain import load_images
 
@@ -126,9 +127,10 @@ def run(args) -> int:
     if unknown or not names:
         raise ValueError(f"--methods: unknown {unknown}; choose from {', '.join(METHOD_NAMES)}")
     options = method_options(args.option)
-    device = torch.device(args.device)
+    device = parse_device(args.device)
     model = load_model(args.model, args.weights).to(device)
     images = load_images(args.images, args.model, args.count).to(device)
+    check_model_accepts(model, tuple(images.shape[1:]), f"--images {args.images or 'digits'}", device)
     with torch.no_grad():
         target = model(images).argmax(1)
     rows, curves = [], {}

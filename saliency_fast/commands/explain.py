@@ -8,6 +8,7 @@ import torch
 
 from ..dataset import METHOD_NAMES, _open_source, make_method
 from ..viz import heatmap_grid, normalized
+from ._args import check_model_accepts, parse_device
 from .attribute import load_model, parse_options
 
 
@@ -42,9 +43,10 @@ def load_images(path: str | None, model_spec: str, count: int) -> torch.Tensor:
 
 
 def run(args) -> int:
-    device = torch.device(args.device)
+    device = parse_device(args.device)
     model = load_model(args.model, args.weights).to(device)
     images = load_images(args.images, args.model, args.count).to(device)
+    check_model_accepts(model, tuple(images.shape[1:]), f"--images {args.images or 'digits'}", device)
     method = make_method(args.method, model, **parse_options(args.option))
     start = time.perf_counter()
     maps = method.attribute(images, target=args.target)

@@ -71,18 +71,40 @@ def method_kwargs(factory, args) -> dict:
     chosen.update({name: getattr(args, name) for name in METHOD_FLAGS if getattr(args, name) is not None})
     for item in args.set:
         key, sep, text = item.partition("=")
-        if not sep:
+        if not sep or not key.strip():
             raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        key = key.strip()
         try:
-            chosen[key.strip()] = ast.literal_eval(text)
+            value = ast.literal_eval(text)
         except (ValueError, SyntaxError):
-            chosen[key.strip()] = text
+            value = text
+        chosen[key] = _typed(key, value, text, parameters.get(key))
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
     unknown = sorted(key for key in chosen if key not in parameters and not takes_any)
     if unknown:
         accepted = ", ".join(parameters) or "no options"
         raise ValueError(f"method {args.method!r} does not take {', '.join(unknown)}; it takes {accepted}")
     return chosen
+
+
+def _typed(key: str, value, text: str, parameter):
+    """``value`` checked against the type of flag ``key`` or the parameter's default (a number
+    given as text such as ``k=abc`` is refused here, not deep inside the method)."""
+    kind = METHOD_FLAGS.get(key)
+    default = parameter.default if parameter is not None else inspect.Parameter.empty
+    if kind is None and isinstance(default, (bool, int, float)) and default is not None:
+        kind = type(default)
+    if kind is None or kind is str:
+        return value
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"--set {key}={text}: {key} must be True or False")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"--set {key}={text}: {key} must be a number ({kind.__name__})")
+    if kind is int and not float(value).is_integer():
+        raise ValueError(f"--set {key}={text}: {key} must be a whole number")
+    return kind(value)
 
 
 def load_data(spec: str, batch_size: int, seed: int):
@@ -94,15 +116,22 @@ def load_data(spec: str, batch_size: int, seed: int):
         return train_loader, test_loader, 1, 32, 10
     if not os.path.exists(spec):
         raise FileNotFoundError(f"--data {spec!r} is neither 'digits' nor an existing .npz file")
-    with np.load(spec) as arrays:
-        missing = {"x_train", "y_train"} - set(arrays.files)
-        if missing:
-            raise ValueError(f"{spec} lacks the arrays {sorted(missing)} (it has {arrays.files})")
-        split = {key: torch.from_numpy(np.asarray(arrays[key])) for key in arrays.files}
-    x_train = _images(split["x_train"], "x_train")
-    x_test = _images(split["x_test"], "x_test") if "x_test" in split else x_train
-    y_train = split["y_train"].long().reshape(-1)
-    y_test = split["y_test"].long().reshape(-1) if "y_test" in split else y_train
+    if os.path.isdir(spec) or not spec.endswith(".npz"):
+        raise ValueError(f"--data {spec}: expected 'digits' or an .npz file with x_train, y_train [, x_test, y_test] "
+                         "(np.savez(path, x_train=..., y_train=...))")
+    try:
+        with np.load(spec, allow_pickle=False) as arrays:
+            split = {key: np.asarray(arrays[key]) for key in arrays.files}
+    except Exception as error:  # a damaged zip, a text file renamed .npz, object arrays, …
+        raise ValueError(f"--data {spec} cannot be read as an .npz of numeric arrays ({type(error).__name__}: "
+                         f"{str(error).splitlines()[0][:150] if str(error) else ''})") from error
+    missing = {"x_train", "y_train"} - set(split)
+    if missing:
+        raise ValueError(f"{spec} lacks the arrays {sorted(missing)} (it has {sorted(split)})")
+    x_train = _images(split["x_train"], "x_train", spec)
+    x_test = _images(split["x_test"], "x_test", spec) if "x_test" in split else x_train
+    y_train = _labels(split["y_train"], "y_train", spec, len(x_train))
+    y_test = _labels(split["y_test"], "y_test", spec, len(x_test)) if "y_test" in split else y_train
     channels, height, width = x_train.shape[1:]
     if height != width or height % 4:
         raise ValueError(f"images must be square with a side that is a multiple of 4, got {height}×{width}")
@@ -112,15 +141,38 @@ def load_data(spec: str, batch_size: int, seed: int):
     return train_loader, test_loader, channels, height, int(max(y_train.max(), y_test.max())) + 1
 
 
-def _images(array: torch.Tensor, name: str) -> torch.Tensor:
-    array = array.float()
+def _images(array: np.ndarray, name: str, spec: str = "") -> torch.Tensor:
+    if array.dtype.kind not in "fiub":
+        raise ValueError(f"{spec}: {name} has dtype {array.dtype}; images must be numbers in [0, 1]")
+    array = torch.from_numpy(np.ascontiguousarray(array)).float()
     if array.dim() == 3:
         array = array.unsqueeze(1)
     if array.dim() != 4:
-        raise ValueError(f"{name} must have shape (N, C, H, W) or (N, H, W), got {tuple(array.shape)}")
+        raise ValueError(f"{spec}: {name} must have shape (N, C, H, W) or (N, H, W), got {tuple(array.shape)}")
+    if array.shape[0] == 0:
+        raise ValueError(f"{spec}: {name} holds no images")
+    if not bool(torch.isfinite(array).all()):
+        raise ValueError(f"{spec}: {name} contains NaN or Inf values")
     if float(array.min()) < 0 or float(array.max()) > 1:
-        raise ValueError(f"{name} must hold values in [0, 1] (the attack clamps to that range)")
+        raise ValueError(f"{spec}: {name} must hold values in [0, 1] (the attack clamps to that range)")
     return array.contiguous()
+
+
+def _labels(array: np.ndarray, name: str, spec: str, count: int) -> torch.Tensor:
+    """Class indices 0…K−1, one per image; float labels must be whole numbers (0.7 is not a class)."""
+    array = array.reshape(-1)
+    if array.dtype.kind == "f":
+        if not np.isfinite(array).all() or not (array == np.round(array)).all():
+            raise ValueError(f"{spec}: {name} holds non-integer values (e.g. {array[array != np.round(array)][:3]}); "
+                             "labels must be class indices 0, 1, …")
+    elif array.dtype.kind not in "iu":
+        raise ValueError(f"{spec}: {name} has dtype {array.dtype}; labels must be integer class indices")
+    if len(array) != count:
+        raise ValueError(f"{spec}: {name} has {len(array)} labels for {count} images; they must match one to one")
+    labels = torch.from_numpy(array.astype(np.int64))
+    if bool((labels < 0).any()):
+        raise ValueError(f"{spec}: {name} holds negative labels; labels must be class indices 0, 1, …")
+    return labels
 
 
 def gradient_maps(model, images, labels):
@@ -136,9 +188,11 @@ def run(args) -> int:
 
     if args.epochs < 1 or args.batch_size < 1:
         raise ValueError("--epochs and --batch-size must be >= 1")
+    from ._args import parse_device
+
     factory = METHODS[args.method]
     method = factory(**method_kwargs(factory, args))
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = parse_device(args.device) or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     out = args.out or os.path.join("out", f"train-{args.method}")
     explaining = args.method in EXPLANATION_METHODS
     if explaining:

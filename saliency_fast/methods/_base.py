@@ -3,9 +3,11 @@ from __future__ import annotations
 
 from typing import Callable
 
+import torch
 from torch import Tensor, nn
 
-from .._common import Target, attribution_mode, check_images, check_model_device, resolve_target
+from .._common import (Target, attribution_mode, check_autograd_available, check_images, check_model_device,
+                       resolve_target, warn_if_not_finite)
 from ..references import make_reference
 
 
@@ -17,6 +19,8 @@ class AttributionMethod:
     class) and runs the model in attribution mode (eval, frozen parameters, both restored).
     """
 
+    needs_gradients = True  # False for perturbation-only methods, which then also run under inference_mode
+
     def __init__(self, model: nn.Module | Callable[[Tensor], Tensor]):
         if not callable(model):
             raise TypeError(f"model must be a callable nn.Module, got {type(model).__name__}")
@@ -24,11 +28,17 @@ class AttributionMethod:
 
     def attribute(self, inputs: Tensor, target: Target = None, **kwargs) -> Tensor:
         check_images(inputs)
+        if self.needs_gradients:
+            check_autograd_available(type(self).__name__)
+        if inputs.is_inference() and not torch.is_inference_mode_enabled():  # made under inference_mode: autograd cannot track it, a copy it can
+            inputs = inputs.clone()
         if isinstance(self.model, nn.Module):
             check_model_device(self.model, inputs)
             with attribution_mode(self.model):
-                return self._attribute(inputs, resolve_target(self.model, inputs, target), **kwargs)
-        return self._attribute(inputs, resolve_target(self.model, inputs, target), **kwargs)
+                maps = self._attribute(inputs, resolve_target(self.model, inputs, target), **kwargs)
+        else:
+            maps = self._attribute(inputs, resolve_target(self.model, inputs, target), **kwargs)
+        return warn_if_not_finite(maps, f"{type(self).__name__} maps")
 
     def _attribute(self, inputs: Tensor, target: Tensor, **kwargs) -> Tensor:  # pragma: no cover
         raise NotImplementedError

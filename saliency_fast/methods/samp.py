@@ -23,6 +23,7 @@ from .. import ops
 from .._common import (
     Target,
     attribution_mode,
+    check_autograd_available,
     check_images,
     check_model_device,
     check_score,
@@ -30,6 +31,7 @@ from .._common import (
     minmax_normalize,
     resolve_target,
     score_outputs,
+    warn_if_not_finite,
 )
 from .._reference import ATOL, RTOL, pixels_active
 from ..references import SMALL_IMAGE_SIDE, Reference, make_reference
@@ -40,6 +42,10 @@ PATH_DTYPES = {torch.float16: torch.float32, torch.bfloat16: torch.float32,
                torch.float32: torch.float32, torch.float64: torch.float64}
 TIES = ("include", "exact")
 REDUCTIONS = ("sum", "norm")
+
+
+class StepLimitExceeded(RuntimeError):
+    """A path needed more than ``max_steps`` model calls (raise max_steps or pixels_per_step)."""
 
 
 @dataclass
@@ -185,12 +191,18 @@ class SAMP(AttributionMethod):
         check_images(inputs)
         if inputs.dtype not in PATH_DTYPES:
             raise TypeError(f"inputs must be float16, bfloat16, float32 or float64 for SAMP, got {inputs.dtype}")
+        check_autograd_available(type(self).__name__)
+        if inputs.is_inference():  # made under inference_mode: autograd cannot track it, a copy it can
+            inputs = inputs.clone()
         model = self.model
         if isinstance(model, nn.Module):
             check_model_device(model, inputs)
             with attribution_mode(model):
-                return self._attribute_paths(inputs, target, scores)
-        return self._attribute_paths(inputs, target, scores)
+                result = self._attribute_paths(inputs, target, scores)
+        else:
+            result = self._attribute_paths(inputs, target, scores)
+        warn_if_not_finite(result.raw, f"{type(self).__name__} maps")
+        return result
 
     # -- internals ----------------------------------------------------------------------
     def _attribute_paths(self, inputs: Tensor, target: Target, scores: bool) -> SAMPResult:
@@ -234,7 +246,7 @@ class SAMP(AttributionMethod):
                 rows = torch.from_numpy(live).to(inputs.device)
                 batch_target = target.index_select(0, rows)
             if calls >= max_steps:
-                raise RuntimeError(
+                raise StepLimitExceeded(
                     f"SAMP exceeded max_steps={max_steps} on the {'insertion' if insertion else 'deletion'} "
                     f"path with {live.size} image(s) unfinished; raise max_steps or pixels_per_step"
                 )
@@ -306,7 +318,7 @@ def resolve_pixels_per_step(value, height: int, width: int) -> int:
         return 10 if max(height, width) <= SMALL_IMAGE_SIDE else 16 * width
     if isinstance(value, float):
         return max(1, round(value * height * width))
-    return value
+    return min(value, height * width)  # a step past the whole image moves every pixel at once
 
 
 def default_max_steps(pixels: int, k: int, n_frag: Optional[int]) -> int:

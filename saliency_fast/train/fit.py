@@ -15,6 +15,7 @@ process group exists, ``fit`` creates one and destroys it when it returns (as
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections import defaultdict
@@ -141,6 +142,7 @@ class _Trainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda")
         self.history = History()
         self.wrapped = model
+        self.config = run_config(method, optimizer, scheduler, amp)  # before resume changes anything
         if distributed.active:
             ids = [device.index] if device.type == "cuda" else None
             self.wrapped = nn.parallel.DistributedDataParallel(model, device_ids=ids)
@@ -162,6 +164,7 @@ class _Trainer:
             "method": self.method.state_dict(),
             "history": list(self.history),
             "rng": ckpt.capture_rng(self.generators),
+            "config": self.config,
         }
 
     def resume(self) -> int:
@@ -169,11 +172,25 @@ class _Trainer:
         path = self.checkpoint_path
         if path is None or not path.exists():
             return 0
-        state = ckpt.load_checkpoint(path, map_location=self.device)
+        try:
+            state = ckpt.load_checkpoint(path, map_location=self.device)
+        except ckpt.CorruptFileError as error:
+            raise ckpt.CorruptFileError(f"{error}. Pass resume=False (CLI: --no-resume) to start over, or another "
+                                        "checkpoint_dir") from error
         if state["method_name"] != self.method.name:
             raise ValueError(f"{path} was written by method {state['method_name']!r}, not {self.method.name!r}; "
                              "pass resume=False or another checkpoint_dir")
-        self.model.load_state_dict(state["model"])
+        differences = config_differences(state.get("config"), self.config)
+        if differences:
+            raise ValueError(
+                f"{path} was trained with other settings; these differ: {'; '.join(differences)}. Resuming would "
+                "silently continue with the saved ones: pass the same values, or resume=False (CLI: --no-resume) "
+                "or another checkpoint_dir to start over")
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as error:
+            raise ValueError(f"{path} holds weights of another model ({str(error).splitlines()[0]}); "
+                             "pass resume=False or another checkpoint_dir") from error
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state["scheduler"] is not None:
             self.scheduler.load_state_dict(state["scheduler"])
@@ -182,6 +199,11 @@ class _Trainer:
         self.history = History(state["history"])
         ckpt.restore_rng(state["rng"], self.generators)
         return int(state["epoch"])
+
+    def clean_folder(self) -> None:
+        """Remove the temporary files a killed run left (we hold the folder's lock)."""
+        if self.checkpoint_dir is not None and self.distributed.main and self.checkpoint_dir.is_dir():
+            ckpt.remove_stale_temporaries(self.checkpoint_dir, (ckpt.CHECKPOINT_NAME, ckpt.LOG_NAME))
 
     def save(self, epochs_done: int) -> None:
         if self.checkpoint_dir is not None and self.distributed.main:
@@ -301,5 +323,54 @@ def _train(model, method, train_loader, epochs, optimizer, val_loader, checkpoin
         optimizer = torch.optim.Adam(list(model.parameters()) + list(method.parameters()), lr=1e-3)
     trainer = _Trainer(model, method, train_loader, epochs, optimizer, scheduler, device, amp, progress,
                        checkpoint_dir, distributed)
-    start_epoch = trainer.resume() if resume else 0
-    return trainer.run(start_epoch, val_loader)
+    owner = checkpoint_dir is not None and distributed.main
+    lock = ckpt.FolderLock(checkpoint_dir, "training") if owner else contextlib.nullcontext()
+    with lock:
+        trainer.clean_folder()
+        start_epoch = trainer.resume() if resume else 0
+        return trainer.run(start_epoch, val_loader)
+
+
+def _plain(value):
+    """A JSON-like record of a hyper-parameter (tensors by shape and checksum, objects by repr)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, Tensor):
+        return {"tensor": list(value.shape), "checksum": ckpt.content_checksum(value)} if value.numel() != 1 \
+            else float(value.detach())
+    return repr(value) if isinstance(value, nn.Module) else type(value).__name__
+
+
+def run_config(method: TrainingMethod, optimizer, scheduler, amp: bool) -> Dict[str, Any]:
+    """The hyper-parameters a resumed run must share with the checkpoint: the method's
+    ``config()``, the optimiser's class and per-group settings (lr, betas, weight decay…), the
+    scheduler's class and AMP."""
+    groups = [{key: _plain(value) for key, value in group.items() if key != "params"}
+              for group in optimizer.param_groups]
+    return {"method": _plain(method.config()), "optimizer": {"class": type(optimizer).__name__, "groups": groups},
+            "scheduler": type(scheduler).__name__ if scheduler is not None else None, "amp": bool(amp)}
+
+
+def config_differences(saved: Optional[Dict[str, Any]], current: Dict[str, Any]) -> List[str]:
+    """'method.epsilon (saved 0.1, now 0.3)'-style lines for every leaf that differs (a checkpoint
+    from before configs were recorded has nothing to compare)."""
+    if saved is None:
+        return []
+    differences: List[str] = []
+
+    def walk(old, new, where):
+        if isinstance(old, dict) and isinstance(new, dict):
+            for key in sorted(set(old) | set(new)):
+                walk(old.get(key), new.get(key), f"{where}.{key}" if where else key)
+        elif isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+            for index, (a, b) in enumerate(zip(old, new)):
+                walk(a, b, f"{where}[{index}]")
+        elif old != new:
+            differences.append(f"{where} (saved {old!r}, now {new!r})")
+
+    walk(saved, current, "")
+    return differences
