@@ -58,7 +58,7 @@ def attribute_with_completeness(method, model, images, target):
         return result.attribution, float(error)
     maps = method.attribute(images, target)
     if isinstance(method, IntegratedGradients):
-        error = metrics.completeness_error(maps, model, images, method.baseline_for(images), target=target)
+        error = metrics.completeness_error(model, images, maps, method.baseline_for(images), target=target)
         return maps, float(error.mean())
     return maps, float("nan")
 
