@@ -217,8 +217,6 @@ class BoundModel(nn.Module):
     def __init__(self, model: Callable, output: Selector = None, additional_forward_args: Any = None,
                  batch: Optional[int] = None, rows: Optional[Tensor] = None):
         super().__init__()
-        if isinstance(model, BoundModel):  # never two layers of selection/arguments
-            raise TypeError("model is already a BoundModel; pass its .module")
         if isinstance(model, nn.Module):
             self.module = model
         else:

@@ -662,7 +662,7 @@ def attribute_dataset(
 
         if channels_last:
             model.to(memory_format=torch.channels_last)
-        selected = model if output is None else BoundModel(model, output)
+        selected = BoundModel(model, output)  # logits picked by output=, one row per image checked
         run_model = _RunModel(selected, amp_dtype, channels_last, compile) if (amp or channels_last or compile) else selected
         attribution = (_build_method(method_name, run_model, model, options) if isinstance(method, str)
                        else method)

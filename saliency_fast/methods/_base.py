@@ -134,6 +134,11 @@ class AttributionMethod:
     def _check_inputs(self, inputs: Tensor) -> Tensor:
         """Validated inputs, detached (and out of inference mode), so no call joins the caller's graph."""
         (check_batch if self.any_input_shape else check_images)(inputs)
+        if inputs.dim() == 3 and isinstance(self.model, nn.Module) and any(
+                isinstance(module, nn.Conv2d) for module in self.model.modules()):
+            raise ValueError(f"inputs must have shape (B, C, H, W) for this convolutional model, got shape "
+                             f"{tuple(inputs.shape)}: a single (C, H, W) image needs a batch dimension, pass "
+                             "inputs.unsqueeze(0)")
         inputs = inputs.detach()
         return inputs.clone() if inputs.is_inference() else inputs
 
