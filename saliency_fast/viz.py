@@ -58,6 +58,18 @@ def scaled(maps: Tensor, signed: bool) -> Tensor:
     return (flat / peak.clamp_min(1e-30).unsqueeze(1)).view_as(maps)
 
 
+def overlay_rgba(values: np.ndarray, signed: bool) -> np.ndarray:
+    """(H, W, 4) colours of a scaled map for drawing over an image: the map's colormap, with an
+    opacity growing from 0 (no attribution: the image shows through) to ``OVERLAY_ALPHA``."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps[SIGNED_CMAP if signed else UNSIGNED_CMAP]
+    low = -1.0 if signed else 0.0
+    rgba = cmap((np.asarray(values, dtype=np.float64) - low) / (1.0 - low))
+    rgba[..., 3] = OVERLAY_ALPHA * np.clip(np.abs(values), 0, 1)
+    return rgba
+
+
 def heatmap_grid(
     images: Tensor,
     maps: Mapping[str, Tensor],
@@ -76,7 +88,6 @@ def heatmap_grid(
     and a line of small print under it. Every map column has a colour bar.
     """
     plt = _pyplot()
-    import matplotlib
     from matplotlib import cm, colors
 
     names = list(maps)
@@ -99,8 +110,7 @@ def heatmap_grid(
             axes[r][column].imshow(values, cmap=cmap, vmin=low, vmax=1.0, interpolation="nearest")
             column += 1
             if overlay:
-                rgba = matplotlib.colormaps[cmap](colors.Normalize(low, 1.0)(values))
-                rgba[..., 3] = OVERLAY_ALPHA * np.clip(np.abs(values), 0, 1)
+                rgba = overlay_rgba(values, kinds[name])
                 axes[r][column].imshow(picture * OVERLAY_DIM, interpolation="nearest", **grey)
                 axes[r][column].imshow(rgba, interpolation="nearest")
                 column += 1

@@ -21,6 +21,17 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
+def format_table(rows) -> str:
+    """The demo's table; completeness that does not apply (no path: the gradient) shows as —."""
+    lines = [f"{'method':<10} {'completeness err':>17} {'steps':>6} {'model calls':>12} {'time (s)':>9}"]
+    for name, error, steps, calls, seconds in rows:
+        shown = "—" if error != error else f"{error:.4f}"
+        lines.append(f"{name:<10} {shown:>17} {steps:>6} {calls:>12} {seconds:>9.2f}")
+    lines.append("completeness err: |Σ map − (f(x) − f(reference))| / |f(x) − f(reference)|, mean over SAMP's two "
+                 "paths;\n  — for the gradient, which follows no path from a reference, so completeness does not apply")
+    return "\n".join(lines)
+
+
 def run(args) -> int:
     if args.images < 1:
         raise ValueError(f"--images must be >= 1, got {args.images}")
@@ -49,11 +60,6 @@ def run(args) -> int:
                         titles=titles, title="What makes the digits CNN predict each class (32×32 test digits)",
                         note="red: pixels that support the predicted class, blue: pixels that oppose it; each map "
                              "is scaled by its own largest |value|")
-    print(f"{'method':<10} {'completeness err':>17} {'steps':>6} {'model calls':>12} {'time (s)':>9}")
-    for name, error, steps, calls, seconds in rows:
-        shown = "—" if error != error else f"{error:.4f}"
-        print(f"{name:<10} {shown:>17} {steps:>6} {calls:>12} {seconds:>9.2f}")
-    print("completeness err: |Σ map − (f(x) − f(reference))| / |f(x) − f(reference)|, mean over SAMP's two paths;\n"
-          "  — for the gradient, which follows no path from a reference, so completeness does not apply")
+    print(format_table(rows))
     print(f"wrote {path}")
     return 0
