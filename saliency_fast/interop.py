@@ -45,7 +45,8 @@ def quantus_explain(
     """Quantus's ``explain_func``: attributions of ``inputs`` (NumPy, (B, C, H, W)) for ``targets``.
 
     ``method`` is a name of ``sf.make_method`` (its constructor ``options`` passed on, e.g.
-    ``n_steps=32``) or a method object. Quantus passes ``model``, ``inputs`` and ``targets``; the
+    ``n_steps=32``; ``output=`` selects the logits of a model returning a tuple or dict) or a
+    method object. Quantus passes ``model``, ``inputs`` and ``targets``; the
     rest comes from the metric's ``explain_func_kwargs``. Returns float32 NumPy maps
     (B, 1, H, W) (``reduce_channels=False``: (B, C, H, W)); Quantus checks the shape.
     """
@@ -54,6 +55,7 @@ def quantus_explain(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch nn.Module (Quantus passes the raw model), got {type(model).__name__}")
     options = {key: value for key, value in options.items() if key not in ("device", "channel_first")}
+    output = options.pop("output", None)  # the logits selector goes to the call, for every method
     if isinstance(method, str):
         attribution = make_method(method, model, **options)
     elif isinstance(method, AttributionMethod):
@@ -68,7 +70,7 @@ def quantus_explain(
     keywords = {} if batch.dim() != 4 else {"reduce_channels": reduce_channels}
     if keywords and "reduce_channels" not in inspect.signature(attribution._attribute).parameters:
         keywords = {}
-    maps = attribution.attribute(batch, targets, **keywords)
+    maps = attribution.attribute(batch, targets, output=output, **keywords)
     if maps.dim() == 3:
         maps = maps.unsqueeze(1)
     return maps.detach().float().cpu().numpy()
