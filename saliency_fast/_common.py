@@ -211,7 +211,8 @@ class BoundModel(nn.Module):
     for a call on k·batch inputs ordered as k copies of the batch (IG's steps, SmoothGrad's
     samples), and index-selected for a call on ``for_rows(rows)``. Other arguments pass unchanged.
     ``module`` is the wrapped model (an nn.Module is registered as a submodule, so hooks, layers
-    and attribution_mode reach it).
+    and attribution_mode reach it); ``named_modules`` and attribute access read through to it,
+    so layer names are the user's ("layer4", not "module.layer4").
     """
 
     def __init__(self, model: Callable, output: Selector = None, additional_forward_args: Any = None,
@@ -228,6 +229,23 @@ class BoundModel(nn.Module):
         self.output, self.additional_forward_args, self.batch, self.rows = output, additional_forward_args, batch, rows
         self._per_example = batch is not None and any(
             isinstance(arg, Tensor) and arg.dim() > 0 and arg.shape[0] == batch for arg in additional_forward_args)
+
+    # Transparent to code that walks the model: its submodules keep the user's names
+    # (``named_modules``, ``get_submodule("layer4")``) and its attributes read through.
+    def named_modules(self, memo=None, prefix: str = "", remove_duplicate: bool = True):
+        inner = self.__dict__["_modules"].get("module")
+        if inner is not None:
+            return inner.named_modules(memo, prefix, remove_duplicate)
+        return super().named_modules(memo, prefix, remove_duplicate)
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            inner = self.__dict__["_modules"].get("module", self.__dict__.get("module"))
+            if inner is None or name.startswith("__"):
+                raise
+            return getattr(inner, name)
 
     def for_rows(self, rows: Tensor) -> "BoundModel":
         """The same model for calls whose inputs are the images ``rows`` of the batch (in that order)."""

@@ -312,3 +312,20 @@ def test_inference_mode_is_refused_with_a_clear_message(inputs):
     with torch.inference_mode():
         frozen = inputs.clone()
     assert torch.equal(sf.Saliency(tiny_cnn()).attribute(frozen), sf.Saliency(tiny_cnn()).attribute(inputs))
+
+
+def test_a_bound_model_keeps_the_users_layer_names_and_attributes():
+    model = tiny_cnn()
+    bound = sf.BoundModel(model, None, None, BATCH)
+    assert [name for name, _ in bound.named_modules()] == [name for name, _ in model.named_modules()]
+    assert bound.get_submodule("conv2") is model.conv2 and bound.fc is model.fc
+    assert set(bound.parameters()) == set(model.parameters())
+    from saliency_fast.methods.gradcam import resolve_layer
+    assert resolve_layer(bound, "conv2") is model.conv2
+
+
+def test_deletion_insertion_takes_a_single_path_name(inputs):
+    model = tiny_cnn()
+    maps = sf.Saliency(model).attribute(inputs)
+    result = sf.metrics.deletion_insertion(model, inputs, maps, paths="deletion", pixels_per_step=16)
+    assert result.deletion_auc is not None and result.insertion_auc is None
