@@ -9,9 +9,12 @@ __version__ = "0.1.0"
 
 from ._native import build_info, native_available
 from .allocator import tune_cpu_allocator
-from . import data, metrics, models, ops, references, train
+from . import data, metrics, models, ops, references, train, viz
+from ._common import BoundModel
 from .dataset import attribute_dataset, load_attributions, make_method
 from .methods import *  # noqa: F401,F403
 from .methods import __all__ as _methods_all
+from . import interop  # after the methods: its adapters subclass them
 
-__all__ = ["attribute_dataset", "load_attributions", "make_method", "build_info", "native_available", "tune_cpu_allocator", "data", "metrics", "models", "ops", "references", "train", *_methods_all]
+__all__ = ["attribute_dataset", "load_attributions", "make_method", "build_info", "native_available", "tune_cpu_allocator", "data", "metrics", "models", "ops", "references", "train", "viz",
+           "interop", "BoundModel", *_methods_all]

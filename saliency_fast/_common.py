@@ -8,12 +8,18 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Callable, Iterator, Optional, Union
+from collections.abc import Mapping
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
-Target = Union[None, int, Tensor]
+# A class index for every image: one int (or numpy integer) for all, a list/tuple/array/tensor of one per image.
+Target = Union[None, int, np.integer, Sequence[int], np.ndarray, Tensor]
+# How to read the logits from a model's output: an index (tuples), a key or attribute name
+# (dicts, Hugging Face ModelOutput, objects with ``logits``) or a callable output → tensor.
+Selector = Union[None, int, str, Callable[[Any], Tensor]]
 SCORES = ("logit", "probability", "log_probability")
 
 
@@ -21,16 +27,12 @@ def check_images(inputs: Tensor, name: str = "inputs") -> Tensor:
     """Validate a (B, C, H, W) floating batch of finite values."""
     if not isinstance(inputs, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape (B, C, H, W), got {type(inputs).__name__}")
+    if inputs.dim() == 3:
+        raise ValueError(f"{name} must have shape (B, C, H, W), got shape {tuple(inputs.shape)}: a single "
+                         "(C, H, W) image needs a batch dimension, pass inputs.unsqueeze(0)")
     if inputs.dim() != 4:
         raise ValueError(f"{name} must have shape (B, C, H, W), got shape {tuple(inputs.shape)}")
-    if inputs.shape[0] == 0:
-        raise ValueError(f"{name} is an empty batch (B = 0); pass at least one image")
-    if not inputs.is_floating_point():
-        raise TypeError(f"{name} must be a floating tensor (float32 or float64), got {inputs.dtype}")
-    if inputs.is_meta:
-        raise ValueError(f"{name} is on the meta device (a shape without values); pass a tensor with data")
-    check_finite(inputs, name)
-    return inputs
+    return check_batch(inputs, name)
 
 
 def check_autograd_available(what: str) -> None:
@@ -50,6 +52,21 @@ def warn_if_not_finite(result: Tensor, what: str, stacklevel: int = 3) -> Tensor
         warnings.warn(f"{what} of image(s) {listed} contain NaN or Inf although the inputs are finite: the model's "
                       "output (or its gradient) is not finite there", RuntimeWarning, stacklevel=stacklevel)
     return result
+def check_batch(inputs: Tensor, name: str = "inputs") -> Tensor:
+    """Validate a (B, ...) floating batch of finite values of any rank >= 2 (the gradient family)."""
+    if not isinstance(inputs, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (B, ...), got {type(inputs).__name__}")
+    if inputs.dim() < 2:
+        raise ValueError(f"{name} must have a batch dimension first, shape (B, ...), got shape {tuple(inputs.shape)}; "
+                         "for a single example use inputs.unsqueeze(0)")
+    if inputs.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch (B = 0); pass at least one example")
+    if not inputs.is_floating_point():
+        raise TypeError(f"{name} must be a floating tensor (float32 or float64), got {inputs.dtype}")
+    if inputs.is_meta:
+        raise ValueError(f"{name} is on the meta device (a shape without values); pass a tensor with data")
+    check_finite(inputs, name)
+    return inputs
 
 
 def check_finite(tensor: Tensor, name: str) -> None:
@@ -109,7 +126,12 @@ def resolve_target(model: Callable[[Tensor], Tensor], inputs: Tensor, target: Ta
     ``None`` explains the predicted class (argmax of the model's output), not the label.
     """
     with torch.no_grad():  # a given target needs only the class count: one image suffices
-        logits = model(inputs if target is None else inputs[:1])
+        if target is None:
+            logits = model(inputs)
+        elif isinstance(model, BoundModel):  # its per-example arguments follow the one image
+            logits = model.for_rows(torch.zeros(1, dtype=torch.long, device=inputs.device))(inputs[:1])
+        else:
+            logits = model(inputs[:1])
     return target_from_logits(target, logits, inputs.shape[0], inputs.device)
 
 
@@ -123,21 +145,162 @@ def target_from_logits(target: Target, logits: Tensor, batch: Optional[int] = No
     classes = logits.shape[1]
     if target is None:
         return logits.detach().argmax(dim=1)
+    target = _target_as_int_or_tensor(target)
     if isinstance(target, int) and not isinstance(target, bool):
         target = torch.full((batch,), target, dtype=torch.long, device=device)
     elif isinstance(target, Tensor):
         if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
-            raise TypeError(f"target must hold integer class indices, got dtype {target.dtype}")
+            raise TypeError(f"target must hold integer class indices, got dtype {target.dtype}"
+                            + ("; Captum's IntegratedGradients takes baselines second: pass baselines=... by keyword"
+                               if target.is_floating_point() and target.dim() > 1 else ""))
         target = target.to(device=device, dtype=torch.long).reshape(-1)
         if target.numel() == 1:
             target = target.expand(batch).clone()
         if target.numel() != batch:
             raise ValueError(f"target has {target.numel()} entries but the batch has {batch} images")
     else:
-        raise TypeError(f"target must be None, an int or a tensor of class indices, got {type(target).__name__}")
+        raise TypeError("target must be None, an int, or a list, tuple, NumPy array or tensor of class indices "
+                        f"(one per image), got {type(target).__name__}")
     if bool(((target < 0) | (target >= classes)).any()):
         raise ValueError(f"target holds a class index outside [0, {classes - 1}] (the model has {classes} outputs)")
     return target
+
+
+def _target_as_int_or_tensor(target):
+    """Captum's target forms as an int or an int64 tensor: NumPy integers and arrays, lists and tuples."""
+    if isinstance(target, np.integer):
+        return int(target)
+    if isinstance(target, np.ndarray):
+        if not np.issubdtype(target.dtype, np.integer):
+            raise TypeError(f"target must hold integer class indices, got a NumPy array of {target.dtype}")
+        return torch.from_numpy(np.ascontiguousarray(target).astype(np.int64))
+    if isinstance(target, (list, tuple)):
+        if not all(isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in target):
+            raise TypeError("target given as a list or tuple must hold one int class index per image "
+                            f"(per-output index tuples are not supported), got {target!r}"[:300])
+        return torch.tensor([int(t) for t in target], dtype=torch.long)
+    return target
+
+
+def describe_output(raw: Any) -> str:
+    if isinstance(raw, Mapping):
+        return f"a {type(raw).__name__} with keys {list(raw.keys())}"
+    if isinstance(raw, (tuple, list)):
+        return f"a {type(raw).__name__} of {len(raw)} items"
+    return f"a {type(raw).__name__}"
+
+
+def select_output(raw: Any, output: Selector = None) -> Tensor:
+    """The logits tensor within a model's output, picked by the ``output`` selector."""
+    if output is None:
+        if isinstance(raw, Tensor):
+            return raw
+        hint = " (e.g. output='logits')" if isinstance(raw, Mapping) or hasattr(raw, "logits") else \
+            " (e.g. output=0)" if isinstance(raw, (tuple, list)) else ""
+        raise TypeError(f"the model returned {describe_output(raw)}, not a logits tensor; pass output= (an index, "
+                        f"a key or a callable) to say which part holds the (B, classes) logits{hint}")
+    if isinstance(output, bool):
+        raise TypeError("output must be an int index, a str key or a callable, got a bool")
+    try:
+        if isinstance(output, int):
+            selected = raw[output]
+        elif isinstance(output, str):
+            selected = raw[output] if isinstance(raw, Mapping) else getattr(raw, output)
+        elif callable(output):
+            selected = output(raw)
+        else:
+            raise TypeError(f"output must be an int index, a str key or a callable, got {type(output).__name__}")
+    except (KeyError, IndexError, AttributeError, TypeError) as error:
+        if isinstance(error, TypeError) and not isinstance(output, (int, str)):
+            raise
+        raise ValueError(f"output={output!r} does not select anything from {describe_output(raw)} the model "
+                         f"returned ({type(error).__name__}: {error})") from None
+    if not isinstance(selected, Tensor):
+        raise TypeError(f"output={output!r} selected {describe_output(selected)} from the model's output; it must "
+                        "select the (B, classes) logits tensor")
+    return selected
+
+
+class BoundModel(nn.Module):
+    """The model as the methods and metrics call it: ``model(x, *additional_forward_args)``, its
+    logits picked by ``output``, checked to hold one row per input.
+
+    ``batch`` is the size of the batch being explained. Additional forward arguments that are
+    tensors with ``batch`` rows are per-example (as in Captum) and are aligned with every call:
+    as they are for a call on ``batch`` inputs, repeated (Captum's expansion, ``torch.cat([a] * k)``)
+    for a call on k·batch inputs ordered as k copies of the batch (IG's steps, SmoothGrad's
+    samples), and index-selected for a call on ``for_rows(rows)``. Other arguments pass unchanged.
+    ``module`` is the wrapped model (an nn.Module is registered as a submodule, so hooks, layers
+    and attribution_mode reach it); ``named_modules`` and attribute access read through to it,
+    so layer names are the user's ("layer4", not "module.layer4").
+    """
+
+    def __init__(self, model: Callable, output: Selector = None, additional_forward_args: Any = None,
+                 batch: Optional[int] = None, rows: Optional[Tensor] = None):
+        super().__init__()
+        if isinstance(model, nn.Module):
+            self.module = model
+        else:
+            object.__setattr__(self, "module", model)
+        if additional_forward_args is None:
+            additional_forward_args = ()
+        elif not isinstance(additional_forward_args, tuple):
+            additional_forward_args = (additional_forward_args,)
+        self.output, self.additional_forward_args, self.batch, self.rows = output, additional_forward_args, batch, rows
+        self._per_example = batch is not None and any(
+            isinstance(arg, Tensor) and arg.dim() > 0 and arg.shape[0] == batch for arg in additional_forward_args)
+
+    # Transparent to code that walks the model: its submodules keep the user's names
+    # (``named_modules``, ``get_submodule("layer4")``) and its attributes read through.
+    def named_modules(self, memo=None, prefix: str = "", remove_duplicate: bool = True):
+        inner = self.__dict__["_modules"].get("module")
+        if inner is not None:
+            return inner.named_modules(memo, prefix, remove_duplicate)
+        return super().named_modules(memo, prefix, remove_duplicate)
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            inner = self.__dict__["_modules"].get("module", self.__dict__.get("module"))
+            if inner is None or name.startswith("__"):
+                raise
+            return getattr(inner, name)
+
+    def for_rows(self, rows: Tensor) -> "BoundModel":
+        """The same model for calls whose inputs are the images ``rows`` of the batch (in that order)."""
+        return BoundModel(self.module, self.output, self.additional_forward_args, self.batch, rows)
+
+    def _arguments(self, count: int) -> tuple:
+        if not self._per_example:
+            return self.additional_forward_args
+        if self.rows is not None and count == self.rows.shape[0]:
+            return tuple(self._align(arg, lambda a: a.index_select(0, self.rows.to(a.device)))
+                         for arg in self.additional_forward_args)
+        if count % self.batch == 0:
+            copies = count // self.batch
+            return tuple(self._align(arg, lambda a: a if copies == 1 else torch.cat([a] * copies))
+                         for arg in self.additional_forward_args)
+        raise ValueError(f"additional_forward_args hold per-example tensors of {self.batch} rows, which this method "
+                         f"cannot align with a model call on {count} inputs; pass arguments that apply to any batch")
+
+    def _align(self, arg, align):
+        is_row = isinstance(arg, Tensor) and arg.dim() > 0 and arg.shape[0] == self.batch
+        return align(arg) if is_row else arg
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        logits = select_output(self.module(inputs, *self._arguments(inputs.shape[0])), self.output)
+        if logits.dim() == 0 or logits.shape[0] != inputs.shape[0]:
+            raise ValueError(f"the model returned outputs of shape {tuple(logits.shape)} for {inputs.shape[0]} inputs; "
+                             "it must return one row of logits per input, shape (B, classes)")
+        return logits
+
+
+def bind_model(model: Callable, output: Selector = None) -> Callable:
+    """``model`` with its logits picked by ``output`` and checked row by row (metrics' entry)."""
+    if not callable(model):
+        raise TypeError(f"model must be a callable nn.Module, got {type(model).__name__}")
+    return model if isinstance(model, BoundModel) else BoundModel(model, output)
 
 
 def input_gradient(
@@ -177,8 +340,9 @@ def attribution_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def reduce_channels(attribution: Tensor, reduce: bool = True) -> Tensor:
-    """(B, C, H, W) → (B, H, W) by summing over channels, the layout every method returns by default."""
-    return attribution.sum(dim=1) if reduce else attribution
+    """(B, C, H, W) → (B, H, W) by summing over channels, the layout every method returns by default
+    for images; attributions of other (non-image) inputs keep the inputs' shape."""
+    return attribution.sum(dim=1) if reduce and attribution.dim() == 4 else attribution
 
 
 def minmax_normalize(maps: Tensor, eps: float = 0.0) -> Tensor:

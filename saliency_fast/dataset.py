@@ -57,7 +57,7 @@ import torch
 from torch import Tensor, nn
 
 from .methods import GradCAM, GuidedIG, InputXGradient, IntegratedGradients, SAMP, Saliency, SmoothGrad
-from ._common import attribution_mode
+from ._common import BoundModel, attribution_mode
 from ._distributed import ProcessGroup
 from .train.checkpoint import (CHECKSUM_KEY, CorruptFileError, FolderInUseError, FolderLock, atomic_write_bytes,
                                content_checksum, load_verified, remove_stale_temporaries, save_verified)
@@ -637,6 +637,7 @@ def attribute_dataset(
     method_options: Optional[Dict[str, Any]] = None,
     dtype: str = "float32",
     progress: bool = True,
+    output=None,
 ) -> dict:
     """Attribute every image of ``data`` with ``method`` and store the maps in ``out_dir``.
 
@@ -648,7 +649,9 @@ def attribute_dataset(
             (memory-mapped), a folder of images (recursive, sorted by relative path, decoded with
             Pillow: grayscale → 1 channel, else RGB, scaled to [0, 1]), or any map-style Dataset
             whose items are images or (image, label, ...) tuples.
-        method: one of ``METHOD_NAMES``; ``method_options`` go to its constructor.
+        method: one of ``METHOD_NAMES``; ``method_options`` go to its constructor. Or an
+            attribution method object built on ``model`` (e.g. ``sf.interop.from_captum(...)``); its
+            ``config()`` (or repr) identifies it for resume, and amp/channels_last/compile are refused.
         out_dir: output folder (created). See the module docstring for its layout.
         batch_size: images per attribution call (reduced automatically on out-of-memory).
         shard_size: images per shard file: the unit of resumption and of work between processes.
@@ -662,6 +665,8 @@ def attribute_dataset(
             with its defaults) in the shards.
         dtype: storage dtype of the maps, "float32" or "float16".
         progress: a tqdm bar (images/s, ETA) on rank 0.
+        output: which part of the model's output holds the logits when it returns a tuple, dict or
+            object (an index, a key such as "logits", or a callable), as in the methods.
 
     Returns:
         the manifest (also in ``out_dir/manifest.json``).
@@ -672,9 +677,16 @@ def attribute_dataset(
     shard_size = _check_positive(shard_size, "shard_size")
     if dtype not in STORAGE_DTYPES:
         raise ValueError(f"dtype must be one of {tuple(STORAGE_DTYPES)}, got {dtype!r}")
-    method_name = method.lower() if isinstance(method, str) else method
     options = dict(method_options or {})
-    parameters = method_parameters(method_name, model, **options)
+    if isinstance(method, str) or not hasattr(method, "attribute"):
+        method_name = method.lower() if isinstance(method, str) else method
+        parameters = method_parameters(method_name, model, **options)
+    else:  # a method object: identified by its class and configuration
+        if options or amp or channels_last or compile:
+            raise ValueError("method_options, amp, channels_last and compile need a method name; a method object "
+                             "runs as it was built")
+        method_name = type(method).__qualname__
+        parameters = _jsonable(method.config() if hasattr(method, "config") else repr(method))
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(f"out_dir {out_dir} is a file, not a folder; pass a folder (it is created if missing)")
@@ -685,8 +697,8 @@ def attribute_dataset(
         with contextlib.ExitStack() as held:
             _own_folder(held, out_dir, f"attribute_dataset {method_name}", processes)
             held.enter_context(attribution_mode(model))  # eval, frozen parameters; the caller's modes restored
-            return _attribute(model, source, method_name, options, parameters, out_dir, batch_size, shard_size,
-                              resume, device, amp, channels_last, compile, evaluate, dtype, progress, processes)
+            return _attribute(model, source, method, method_name, output, options, parameters, out_dir, batch_size,
+                              shard_size, resume, device, amp, channels_last, compile, evaluate, dtype, progress, processes)
     finally:
         if channels_last:  # give the caller's model back in its usual layout
             model.to(memory_format=torch.contiguous_format)
@@ -705,8 +717,8 @@ def _own_folder(stack: contextlib.ExitStack, out_dir: Path, purpose: str, proces
         raise refusal if refusal is not None else FolderInUseError(f"rank 0 could not take the lock of {out_dir}")
 
 
-def _attribute(model, source, method_name, options, parameters, out_dir, batch_size, shard_size, resume, device,
-               amp, channels_last, compile, evaluate, dtype, progress, processes) -> dict:
+def _attribute(model, source, method, method_name, output, options, parameters, out_dir, batch_size, shard_size,
+               resume, device, amp, channels_last, compile, evaluate, dtype, progress, processes) -> dict:
     device = processes.device(model, device)
     model.to(device)
     shape = _reference_shape(source)
@@ -719,6 +731,9 @@ def _attribute(model, source, method_name, options, parameters, out_dir, batch_s
         "shard_size": shard_size, "dtype": dtype, "amp": str(amp_dtype).replace("torch.", "") if amp else False,
         "evaluate": bool(evaluate),
     }
+    if output is not None:
+        identity["output"] = output if isinstance(output, (int, str)) else \
+            f"callable {getattr(output, '__qualname__', type(output).__name__)}"
     ranges = _shard_ranges(len(source), shard_size)
     manifest = _prepare(out_dir, identity, resume, processes, source.description, ranges)
     pending = [i for i in range(len(ranges)) if not (out_dir / SHARD_PATTERN.format(i)).is_file()]
@@ -727,8 +742,9 @@ def _attribute(model, source, method_name, options, parameters, out_dir, batch_s
 
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    run_model = _RunModel(model, amp_dtype, channels_last, compile) if (amp or channels_last or compile) else model
-    attribution = _build_method(method_name, run_model, model, options)
+    selected = BoundModel(model, output)  # logits picked by output=, one row per image checked
+    run_model = _RunModel(selected, amp_dtype, channels_last, compile) if (amp or channels_last or compile) else selected
+    attribution = _build_method(method_name, run_model, model, options) if isinstance(method, str) else method
     from tqdm import tqdm
 
     todo = sum(ranges[i][1] - ranges[i][0] for i in mine)

@@ -8,6 +8,11 @@
 - ``completeness_error``: how far the attribution sum is from f_c(x) − f_c(reference).
 - ``localization``: IoU, precision, recall, F1 and pointing game against masks (RES).
 
+One argument order: a metric that runs the model takes ``(model, inputs, attributions, ...)``
+(``deletion_insertion``, ``masked_accuracy``, ``completeness_error``) and accepts ``output=``
+(which part of the model's output holds the logits: an index, a key such as "logits", or a
+callable); a metric that does not takes ``(attributions, ...)`` (``gini``, ``localization``).
+
 Pixels are ranked by the attribution summed over channels, descending, ties broken by the
 lower flat index first (a stable descending sort); ``pixel_ranks`` gives that order.
 Model-based metrics run the model in eval mode under ``torch.no_grad`` and stream the
@@ -27,8 +32,10 @@ from torch import Tensor, nn
 
 from . import ops
 from ._common import (
+    Selector,
     Target,
     attribution_mode,
+    bind_model,
     check_finite,
     check_images,
     check_model_device,
@@ -143,12 +150,14 @@ def _model_context(model) -> contextlib.AbstractContextManager:
     return attribution_mode(model) if isinstance(model, nn.Module) else contextlib.nullcontext(model)
 
 
-def _validate_model_inputs(model, inputs: Tensor) -> None:
+def _validate_model_inputs(model, inputs: Tensor, output: Selector = None):
+    """The model bound to its ``output`` selector (one row of logits per input, checked)."""
     if not callable(model):
         raise TypeError(f"model must be a callable nn.Module, got {type(model).__name__}")
     check_images(inputs)
     if isinstance(model, nn.Module):
         check_model_device(model, inputs)
+    return bind_model(model, output)
 
 
 def _curve_logits(
@@ -266,6 +275,7 @@ def deletion_insertion(
     max_batch: Optional[int] = None,
     paths: Sequence[str] = PATHS,
     allow_constant: bool = False,
+    output: Selector = None,
 ) -> DeletionInsertionResult:
     """Deletion and insertion curves and AUCs of (B, H, W) or (B, C, H, W) attributions.
 
@@ -276,9 +286,16 @@ def deletion_insertion(
     score ("logit", "probability", "log_probability"); the probability curves are recorded
     too. ``max_batch`` bounds the images per model call (default ``default_max_batch``: 64K
     input elements on CPU, 16M on GPU). ``paths`` selects deletion and/or insertion. Constant maps raise unless
-    ``allow_constant`` (then they rank pixels by flat index).
+    ``allow_constant`` (then they rank pixels by flat index). ``output`` selects the logits
+    from a model that returns a tuple, dict or object.
+
+    Two forms of the AUCs are returned. ``deletion_auc`` / ``insertion_auc`` are the SAMP paper's
+    form: the mean of the ``score`` curve divided by f_c(x), so with logits they are not bounded
+    (a deletion curve whose logit turns negative gives a negative AUC; insertion can exceed 1).
+    ``deletion_auc_prob`` / ``insertion_auc_prob`` are the [0, 1] form most papers report: the
+    trapezoidal area under the softmax-probability curve.
     """
-    _validate_model_inputs(model, inputs)
+    model = _validate_model_inputs(model, inputs, output)
     maps = _attribution_maps(attributions, inputs)
     _check_not_constant(maps, allow_constant)
     check_score(score)
@@ -342,18 +359,19 @@ class MaskedAccuracyResult:
 def masked_accuracy(
     model: Callable[[Tensor], Tensor],
     inputs: Tensor,
-    labels: Tensor,
     attributions: Tensor,
+    labels: Tensor,
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     reference: Reference = "zeros",
     blur_kernel: Optional[int] = None,
     blur_sigma: float = 5.0,
     max_batch: Optional[int] = None,
     allow_constant: bool = False,
+    output: Selector = None,
 ) -> MaskedAccuracyResult:
     """Accuracy after removing the top x% most-salient pixels (filled with ``reference``),
-    without retraining (Saliency Guided Training's protocol)."""
-    _validate_model_inputs(model, inputs)
+    without retraining (Saliency Guided Training's protocol). ``labels``: (B,) class indices."""
+    model = _validate_model_inputs(model, inputs, output)
     maps = _attribution_maps(attributions, inputs)
     _check_not_constant(maps, allow_constant)
     if not isinstance(labels, Tensor) or labels.is_floating_point() or labels.dtype == torch.bool:
@@ -411,14 +429,15 @@ def gini(attributions: Tensor) -> Tensor:
 # completeness
 # ---------------------------------------------------------------------------------------------
 def completeness_error(
-    attributions: Tensor,
     model: Callable[[Tensor], Tensor],
     inputs: Tensor,
+    attributions: Tensor,
     reference: Reference = "zeros",
     target: Target = None,
     score: str = "logit",
     blur_kernel: Optional[int] = None,
     blur_sigma: float = 5.0,
+    output: Selector = None,
 ) -> Tensor:
     """|Σ attribution − (f_c(x) − f_c(reference))| / |f_c(x) − f_c(reference)| per image (B,).
 
@@ -426,7 +445,7 @@ def completeness_error(
     path's reference). The sum runs over all of the attribution ((B, H, W) or (B, C, H, W)).
     When f_c(x) = f_c(reference) the error is inf (0 if the attribution also sums to 0).
     """
-    _validate_model_inputs(model, inputs)
+    model = _validate_model_inputs(model, inputs, output)
     _attribution_maps(attributions, inputs)
     check_score(score)
     total = attributions.detach().flatten(1).sum(dim=1)

@@ -56,7 +56,7 @@ def measure(model, images, labels):
         accuracy = float((model(images).argmax(1) == labels).float().mean())
     maps = gradient_maps(model, images)
     curves = metrics.deletion_insertion(model, images, maps)
-    masked = metrics.masked_accuracy(model, images, labels, maps, fractions=(0.1, 0.3))
+    masked = metrics.masked_accuracy(model, images, maps, labels, fractions=(0.1, 0.3))
     return {
         "accuracy": accuracy,
         "gini": float(metrics.gini(maps).mean()),

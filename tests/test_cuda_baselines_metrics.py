@@ -131,9 +131,9 @@ def test_masked_accuracy_on_device_matches_float64_cpu(device, metric_work):
     model, inputs, target, maps, _, _ = metric_work
     labels = model(inputs).argmax(1)
     labels[0] = (labels[0] + 1) % 5  # one image misclassified from the start
-    expected = metrics.masked_accuracy(model, inputs, labels, maps, max_batch=5)
+    expected = metrics.masked_accuracy(model, inputs, maps, labels, max_batch=5)
     device_model, (x, m, y) = on(device, torch.float32, model, inputs, maps, labels)
-    actual = metrics.masked_accuracy(device_model, x, y, m, max_batch=5)
+    actual = metrics.masked_accuracy(device_model, x, m, y, max_batch=5)
     assert torch.equal(actual.counts.cpu(), expected.counts)
     assert torch.equal(actual.correct.cpu(), expected.correct)
     assert torch.equal(actual.accuracy.cpu().double(), expected.accuracy.double())
@@ -147,8 +147,8 @@ def test_gini_completeness_localization_on_device_match_float64_cpu(device, metr
                                                  negative)
     assert relative_error(metrics.gini(m).cpu(), metrics.gini(maps)) <= FLOAT32_RTOL
     for reference in ("zeros", "blur"):
-        want = metrics.completeness_error(ig, model, inputs, reference=reference, target=target)
-        got = metrics.completeness_error(a, device_model, x, reference=reference, target=t)
+        want = metrics.completeness_error(model, inputs, ig, reference=reference, target=target)
+        got = metrics.completeness_error(device_model, x, a, reference=reference, target=t)
         assert relative_error(got.cpu(), want) <= 1e-3, reference  # a ratio of small differences
     for negative_mask in (None, neg):
         want = metrics.localization(maps, positive, negative if negative_mask is not None else None)

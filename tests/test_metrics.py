@@ -194,7 +194,7 @@ def test_masked_accuracy_matches_plain_loop(setup, max_batch):
     labels = model(inputs).argmax(1)
     labels[1] = (labels[1] + 1) % 4
     fractions = (0.0, 0.1, 0.25, 0.5, 0.905, 1.0)
-    result = metrics.masked_accuracy(model, inputs, labels, maps, fractions=fractions, max_batch=max_batch)
+    result = metrics.masked_accuracy(model, inputs, maps, labels, fractions=fractions, max_batch=max_batch)
     order = torch.sort(maps.flatten(1), dim=1, descending=True, stable=True).indices
     assert result.counts.tolist() == [0, 10, 25, 50, 91, 100]  # round half up of f·H·W
     for j, count in enumerate(result.counts.tolist()):
@@ -243,13 +243,13 @@ def test_completeness_error_formula_and_exact_attribution():
     reference = torch.full_like(inputs, 0.3)
     weights = linear[1].weight.view(3, 2, 4, 4)
     exact = (inputs - reference) * weights[[1, 2]]  # IG of a linear model is exact
-    error = metrics.completeness_error(exact, linear, inputs, reference, target=torch.tensor([1, 2]))
+    error = metrics.completeness_error(linear, inputs, exact, reference, target=torch.tensor([1, 2]))
     torch.testing.assert_close(error, torch.zeros(2, dtype=torch.float64), atol=1e-12, rtol=0)
     maps = torch.randn(2, 4, 4, dtype=torch.float64)
     logits = linear(torch.cat([inputs, reference]))
     gap = logits[[0, 1], [1, 2]] - logits[[2, 3], [1, 2]]
     expected = (maps.sum((1, 2)) - gap).abs() / gap.abs()
-    got = metrics.completeness_error(maps, linear, inputs, reference, target=torch.tensor([1, 2]))
+    got = metrics.completeness_error(linear, inputs, maps, reference, target=torch.tensor([1, 2]))
     torch.testing.assert_close(got, expected.detach(), rtol=1e-12, atol=1e-12)
 
 
@@ -302,7 +302,7 @@ def test_localization_upsamples_maps_to_the_mask_size():
     (lambda m, x, a: metrics.deletion_insertion(m, x, a.masked_fill(a > 1, float("nan"))), ValueError,
      "attributions contains NaN"),
     (lambda m, x, a: metrics.deletion_insertion(m, x, torch.ones_like(a)), ValueError, "are constant"),
-    (lambda m, x, a: metrics.masked_accuracy(m, x, torch.zeros(3, dtype=torch.long), a * 0), ValueError, "are constant"),
+    (lambda m, x, a: metrics.masked_accuracy(m, x, a * 0, torch.zeros(3, dtype=torch.long)), ValueError, "are constant"),
     (lambda m, x, a: metrics.deletion_insertion(m, x, a, pixels_per_step=0), ValueError, "pixels_per_step"),
     (lambda m, x, a: metrics.deletion_insertion(m, x, a, max_batch=0), ValueError, "max_batch"),
     (lambda m, x, a: metrics.deletion_insertion(m, x, a, score="softmax"), ValueError, "score"),
@@ -310,10 +310,10 @@ def test_localization_upsamples_maps_to_the_mask_size():
     (lambda m, x, a: metrics.deletion_insertion(m, x, a, insertion_reference="noise"), ValueError,
      "insertion_reference"),
     (lambda m, x, a: metrics.deletion_insertion(m, x, a, target=7), ValueError, "target"),
-    (lambda m, x, a: metrics.masked_accuracy(m, x, torch.zeros(2, dtype=torch.long), a), ValueError, "labels"),
-    (lambda m, x, a: metrics.masked_accuracy(m, x, torch.zeros(3, dtype=torch.long), a, fractions=(0.5, 1.5)),
+    (lambda m, x, a: metrics.masked_accuracy(m, x, a, torch.zeros(2, dtype=torch.long)), ValueError, "labels"),
+    (lambda m, x, a: metrics.masked_accuracy(m, x, a, torch.zeros(3, dtype=torch.long), fractions=(0.5, 1.5)),
      ValueError, "fractions"),
-    (lambda m, x, a: metrics.completeness_error(a[:, :3], m, x), ValueError, "attributions must match"),
+    (lambda m, x, a: metrics.completeness_error(m, x, a[:, :3]), ValueError, "attributions must match"),
     (lambda m, x, a: metrics.gini(a.masked_fill(a > 1, float("inf"))), ValueError, "attributions contains NaN"),
     (lambda m, x, a: metrics.gini(a.long()), TypeError, "attributions must be a floating"),
 ])

@@ -38,7 +38,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--shard-size", type=int, default=1024, help="images per shard file (default 1024)")
     parser.add_argument("--dtype", choices=tuple(STORAGE_DTYPES), default="float32", help="storage dtype of the maps")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cpu, or the local GPU under torchrun)")
-    parser.add_argument("--evaluate", action="store_true", help="also store Deletion/Insertion AUCs per image")
+    parser.add_argument("--evaluate", action="store_true",
+                        help="also store Deletion/Insertion AUCs per image (the SAMP paper's form: mean logit curve / the "
+                             "image's logit, not bounded to [0, 1])")
     parser.add_argument("--amp", action="store_true", help="run the model under autocast (bfloat16/float16)")
     parser.add_argument("--channels-last", action="store_true", help="channels-last memory format")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")

@@ -50,6 +50,14 @@ def method_options(pairs) -> dict:
     return options
 
 
+FORMS_NOTE = (
+    "Deletion / Insertion: the SAMP paper's form, the mean of the curve of scores (logits) divided by the\n"
+    "score of the image, so not bounded to [0, 1] (a logit that turns negative makes Deletion negative;\n"
+    "Insertion can exceed 1). (prob AUC): the [0, 1] form of most papers, the area under the softmax-\n"
+    "probability curve. Lower Deletion and higher Insertion are better in both forms.\n"
+    "completeness error: |Σ map − (f(x) − f(x'))| / |f(x) − f(x')|; — for methods without a path from a reference x'.")
+
+
 def attribute_with_completeness(method, model, images, target):
     """Maps and their mean completeness error where the method has a reference path: SAMP (per
     path, from the same run) and IG (with its baseline); NaN for the others."""
@@ -59,7 +67,7 @@ def attribute_with_completeness(method, model, images, target):
         return result.attribution, float(error)
     maps = method.attribute(images, target)
     if isinstance(method, IntegratedGradients):
-        error = metrics.completeness_error(maps, model, images, method.baseline_for(images), target=target)
+        error = metrics.completeness_error(model, images, maps, method.baseline_for(images), target=target)
         return maps, float(error.mean())
     return maps, float("nan")
 
@@ -95,16 +103,23 @@ def write_outputs(rows, curves, out):
     from ..viz import _pyplot
 
     plt = _pyplot()
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.4))
+    aucs = {row["method"]: row for row in rows}
     for name, (deletion, insertion) in curves.items():
         x = torch.linspace(0, 1, deletion.numel())
-        axes[0].plot(x, deletion, label=name)
-        axes[1].plot(x, insertion, label=name)
-    for axis, title in zip(axes, ("Deletion (score / score of x) ↓", "Insertion (score / score of x) ↑")):
-        axis.set_title(title)
+        line, = axes[0].plot(x, deletion, label=f"{name} ({aucs[name]['deletion_auc']:.2f})")
+        axes[1].plot(x, insertion, label=f"{name} ({aucs[name]['insertion_auc']:.2f})", color=line.get_color())
+    for axis, title in zip(axes, ("Deletion: most important pixels removed first (lower is better)",
+                                  "Insertion: most important pixels restored first (higher is better)")):
+        axis.set_title(title, fontsize=10)
         axis.set_xlabel("fraction of pixels perturbed")
+        axis.set_ylabel("logit of the explained class / logit of the image")
+        axis.axhline(0, color="0.6", linewidth=0.8)
         axis.grid(alpha=0.3)
-    axes[1].legend(fontsize=8)
+        axis.legend(fontsize=7, title="method (AUC, paper form)", title_fontsize=7)
+    figure.text(0.5, 0.01, "AUC in the SAMP paper's form: the mean of the curve; not bounded to [0, 1]. "
+                "results.csv also has the [0, 1] probability AUCs.", ha="center", fontsize=8)
+    figure.tight_layout(rect=(0, 0.04, 1, 1))
     figure.tight_layout()
     figure.savefig(os.path.join(out, "curves.png"), dpi=120)
     plt.close(figure)
@@ -140,5 +155,6 @@ def run(args) -> int:
         rows.append(row)
     write_outputs(rows, curves, args.out)
     print(format_table(rows))
+    print(FORMS_NOTE)
     print(f"wrote {args.out}/results.csv, results.json, curves.png")
     return 0

@@ -7,7 +7,7 @@ import time
 import torch
 
 from ..dataset import METHOD_NAMES, _open_source, make_method
-from ..viz import heatmap_grid, normalized
+from ..viz import heatmap_grid, is_signed
 from ._args import check_model_accepts, parse_device
 from .attribute import load_model, parse_options
 
@@ -56,7 +56,12 @@ def run(args) -> int:
         predicted = model(images).argmax(1).cpu()
     torch.save({"maps": maps.cpu(), "predicted": predicted, "method": args.method}, os.path.join(args.out, "maps.pt"))
     titles = [f"predicted {int(p)}" for p in predicted]
-    picture = heatmap_grid(images.cpu(), {args.method: normalized(maps.detach().cpu())},
-                           os.path.join(args.out, "explain.png"), titles=titles)
+    shown = maps.detach().cpu()
+    explained = "the class given by --target" if args.target is not None else "the predicted class"
+    note = ("red: supports " + explained + ", blue: opposes it" if is_signed(shown) else
+            "brighter: more important for " + explained + " (the map has no sign)") + \
+        "; each map is scaled by its own largest |value|"
+    picture = heatmap_grid(images.cpu(), {args.method: shown}, os.path.join(args.out, "explain.png"), titles=titles,
+                           title=f"{args.method} on {images.shape[0]} images", note=note)
     print(f"{args.method}: {images.shape[0]} images in {seconds:.2f} s → {args.out}/maps.pt, {picture}")
     return 0

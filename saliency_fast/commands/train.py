@@ -1,13 +1,14 @@
 """`saliency-fast train METHOD`: train a CNN with one of ``sf.train.METHODS`` (scaat, sgt,
-pgdat, trades, plain, and any method registered there) on the embedded digits or on user data;
-writes the checkpoint, the JSON-lines log, the final weights and a figure of vanilla-gradient
-maps before and after training."""
+pgdat, trades, plain, res-g, res-l, gradia, haics, and any method registered there) on the
+embedded digits or on user data; writes the checkpoint, the JSON-lines log, the final weights
+and a figure of |gradient| maps before and after training."""
 from __future__ import annotations
 
 import ast
 import inspect
 import json
 import os
+import sys
 
 import numpy as np
 import torch
@@ -18,6 +19,38 @@ METHOD_FLAGS = {
     "epsilon": float, "steps": int, "step_size": float, "budget": str, "rho": float, "k": float, "gamma": float,
     "lam": float, "beta": float, "attack_loss": str, "warmup_epochs": int, "ramp_epochs": int, "fill": str,
     "eta": float, "weight": float, "form": str, "layer": str, "reg": float,
+}
+METHOD_SUMMARIES = {
+    "plain": "cross-entropy on the clean images",
+    "sgt": "Saliency Guided Training (Ismail et al. 2021): mask low-|gradient| pixels, match the clean prediction",
+    "scaat": "SCAAT (Xu et al. 2023): adversarial training with the budget on low-saliency pixels",
+    "pgdat": "PGD adversarial training (Madry et al. 2018), uniform budget",
+    "trades": "TRADES (Zhang et al. 2019): clean CE + β·KL to the adversarial prediction",
+    "res-g": "RES-G (Gao et al. 2022): Grad-CAM supervised by masks, target a Gaussian blur of Grad-CAM (needs masks)",
+    "res-l": "RES-L (Gao et al. 2022): Grad-CAM supervised by masks, target a learnable projection of them (needs masks)",
+    "gradia": "GRADIA (Gao et al. 2022): L1 between masks and Grad-CAM (needs masks)",
+    "haics": "HAICS (Shen et al. 2021): BCE between masks and Grad-CAM (needs masks)",
+}
+# the help text of each flag (the methods that take it in brackets)
+METHOD_FLAG_HELP = {
+    "epsilon": "attack budget ε per pixel, in input units (scaat, pgdat, trades; default 8/255, digits preset 0.3)",
+    "steps": "PGD attack steps (scaat, pgdat, trades; default 5, digits preset 3)",
+    "step_size": "PGD step size (scaat, pgdat, trades; default 2.5·ε/steps)",
+    "budget": "how the attack budget follows saliency: 'mass', 'topk', 'inverse' or 'uniform' (scaat; default 'mass')",
+    "rho": "budget 'mass': the low-saliency pixels holding this share of the mass get ε (scaat; default 0.1)",
+    "k": "the bottom-k fraction of pixels by saliency: masked (sgt) or given ε with budget 'topk' (scaat); default 0.5",
+    "gamma": "budget 'inverse': e = ε·(1 − saliency percentile)^γ (scaat; default 1.0)",
+    "lam": "weight of the KL term (scaat, sgt; default 1.0)",
+    "beta": "weight of the adversarial term (trades; default 6.0)",
+    "attack_loss": "what the attack maximises: 'kl' or 'ce' (scaat; default 'kl')",
+    "warmup_epochs": "epochs of plain training before the attack starts (scaat default 2; pgdat, trades 0)",
+    "ramp_epochs": "epochs over which ε ramps up after the warm-up (scaat default: 10%% of the epochs)",
+    "fill": "what replaces the masked pixels: 'random' (uniform in the image's range) or 'zeros' (sgt)",
+    "eta": "margin η of the alignment loss, relu(L_align − η) (res-g, res-l; default 0.1)",
+    "weight": "weight of the explanation loss (res-g, res-l, gradia, haics; default 1.0)",
+    "form": "HAICS loss form (haics; default 'masked')",
+    "layer": "the Grad-CAM layer the explanation loss reads (res-g, res-l, gradia, haics; default: the last conv)",
+    "reg": "pull of the learnable projection towards relu(Grad-CAM) (res-l; default 0.0)",
 }
 # explanation supervision (res.md): loaders yield (x, y, positive_mask, negative_mask, has_mask)
 EXPLANATION_METHODS = ("res-g", "res-l", "gradia", "haics")
@@ -30,11 +63,17 @@ DIGITS_PRESET = {"epsilon": 0.3, "steps": 3}
 def add_parser(subparsers) -> None:
     from ..train import METHODS
 
+    import argparse
+
+    described = "\n".join(f"  {name:<7} {METHOD_SUMMARIES.get(name) or _summary(METHODS[name])}"
+                          for name in sorted(METHODS))
     parser = subparsers.add_parser(
-        "train", help="train a CNN with SCAAT, Saliency Guided Training, PGD-AT, TRADES or plainly",
-        description="Train a CNN with an explanation-improving method; writes last.pt, log.jsonl, model.pt "
-                    "and gradient_maps.png (vanilla-gradient maps before/after) to --out.")
-    parser.add_argument("method", choices=sorted(METHODS), help="training method")
+        "train", help=f"train a CNN with one of {', '.join(sorted(METHODS))}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train a CNN with an explanation-improving method; writes last.pt, log.jsonl, model.pt\n"
+                    "and gradient_maps.png (|gradient| maps before and after training) to --out.\n\n"
+                    f"methods:\n{described}\n\nThe method options below apply to the methods named in brackets.")
+    parser.add_argument("method", choices=sorted(METHODS), help="training method: " + ", ".join(sorted(METHODS)))
     parser.add_argument("--data", default="digits",
                         help="'digits' (embedded sklearn digits, 32×32) or an .npz with x_train, y_train "
                              "[, x_test, y_test]; x is (N, C, H, W) or (N, H, W) in [0, 1], H = W a multiple of 4")
@@ -49,7 +88,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     group = parser.add_argument_group("method options (passed to the method when it takes them)")
     for name, kind in METHOD_FLAGS.items():
-        group.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None)
+        group.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None,
+                           help=METHOD_FLAG_HELP.get(name))
     masks = parser.add_argument_group("explanation supervision (res-g, res-l, gradia, haics)")
     masks.add_argument("--n-train", type=int, default=100, help="digits: training images (default 100)")
     masks.add_argument("--n-annotated", type=int, default=None, help="digits: how many carry masks (default all)")
@@ -61,6 +101,34 @@ def add_parser(subparsers) -> None:
     group.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="any other keyword of the method (a Python literal), e.g. --set gamma=2.0")
     parser.set_defaults(func=run)
+
+
+def _summary(factory) -> str:
+    """The first sentence of a method's docstring (partials: of the class they wrap)."""
+    target = getattr(factory, "func", factory)
+    line = (inspect.getdoc(target) or target.__name__).split("\n")[0]
+    variant = getattr(factory, "keywords", {}).get("variant")
+    return line.rstrip(".") + (f", variant {variant}" if variant else "")
+
+
+def schedule_warnings(method, epochs: int) -> list:
+    """What to tell the user when a schedule (warm-up, ramp) does not fit in the run: the method
+    would otherwise train plainly, or never reach its full strength, without a word."""
+    if not hasattr(method, "warmup_epochs"):
+        return []
+    warmup = method.warmup_epochs or 0
+    ramp = method.ramp_epochs if method.ramp_epochs is not None else max(1, round(0.1 * epochs))
+    if warmup >= epochs:
+        return [f"warmup_epochs={warmup} but the run has {epochs} epoch(s): {args_name(method)} trains plainly "
+                f"(no attack) for the whole run; use --epochs > {warmup} or --warmup-epochs 0"]
+    if warmup + ramp > epochs:
+        return [f"warmup_epochs={warmup} + ramp_epochs={ramp} exceed the run's {epochs} epoch(s): ε never reaches "
+                f"--epsilon; use more --epochs or a shorter --ramp-epochs"]
+    return []
+
+
+def args_name(method) -> str:
+    return getattr(method, "name", type(method).__name__)
 
 
 def method_kwargs(factory, args) -> dict:
@@ -184,7 +252,7 @@ def gradient_maps(model, images, labels):
 def run(args) -> int:
     from ..models import DigitsCNN
     from ..train import METHODS, evaluate, fit
-    from ..viz import heatmap_grid, normalized
+    from ..viz import heatmap_grid
 
     if args.epochs < 1 or args.batch_size < 1:
         raise ValueError("--epochs and --batch-size must be >= 1")
@@ -192,6 +260,8 @@ def run(args) -> int:
 
     factory = METHODS[args.method]
     method = factory(**method_kwargs(factory, args))
+    for message in schedule_warnings(method, args.epochs):
+        print(f"saliency-fast train: warning: {message}", file=sys.stderr)
     device = parse_device(args.device) or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     out = args.out or os.path.join("out", f"train-{args.method}")
     explaining = args.method in EXPLANATION_METHODS
@@ -215,9 +285,11 @@ def run(args) -> int:
                   progress=not args.no_progress)
     torch.save(model.state_dict(), os.path.join(out, "model.pt"))
     after = gradient_maps(model, images, labels)
-    figure = heatmap_grid(images.cpu(), {"before": normalized(before).cpu(), "after": normalized(after).cpu()},
+    figure = heatmap_grid(images.cpu(), {"before training": before.cpu(), f"after {args.method}": after.cpu()},
                           os.path.join(out, "gradient_maps.png"), overlay=False,
-                          titles=[f"label {int(y)}" for y in labels.cpu()])
+                          titles=[f"label {int(y)}" for y in labels.cpu()],
+                          title=f"|gradient| of the label's logit, before and after {args.method}",
+                          note="brighter: the logit is more sensitive to the pixel; each map scaled by its own max")
     if explaining:
         from ..train.res import evaluate_explanations, save_overlay_figure
 

@@ -121,10 +121,6 @@ class GradCAM(AttributionMethod):
         self.relu = bool(relu)
         self.upsample = bool(upsample)
 
-    def attribute(self, inputs: Tensor, target: Target = None) -> Tensor:
-        """(B, H, W) maps (or (B, h, w) with upsample=False)."""
-        return super().attribute(inputs, target)
-
     def _attribute(self, inputs: Tensor, target: Tensor) -> Tensor:
         cam, _ = gradcam_maps(self.model, inputs, target, self.layer, relu=self.relu)
         cam = cam.detach()

@@ -7,7 +7,11 @@ and the model's parameters are frozen while attributing (``attribution_mode``) s
 backward pass computes the input gradient only.
 
 Every method returns (B, H, W) maps summed over channels; ``reduce_channels=False`` gives the
-(B, C, H, W) attributions in Captum's layout.
+(B, C, H, W) attributions in Captum's layout. Inputs need not be images: any (B, ...) batch
+(e.g. (B, D) features) gives attributions of the inputs' shape. The Captum-style call
+(``baselines=``, ``additional_forward_args=``, ``return_convergence_delta=``, Captum's per-call
+``n_steps`` / ``method`` / ``internal_batch_size`` for IG and ``abs`` for Saliency) comes from
+``AttributionMethod``.
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._common import Target, input_gradient, reduce_channels as _reduce
+from .._common import Selector, input_gradient, reduce_channels as _reduce
 from ..references import Reference
 from ._base import AttributionMethod, PathAttributionMethod
 
@@ -94,13 +98,15 @@ class Saliency(AttributionMethod):
     ``Saliency`` does by default. The channel sum is taken after ``abs``.
     """
 
-    def __init__(self, model: nn.Module, abs: bool = False):
-        super().__init__(model)
+    any_input_shape = True
+    call_options = ("abs",)
+
+    def __init__(self, model: nn.Module, abs: bool = False, output: Selector = None):
+        super().__init__(model, output)
         self.abs = bool(abs)
 
-    def attribute(self, inputs: Tensor, target: Target = None, reduce_channels: bool = True) -> Tensor:
-        """(B, H, W) maps, or (B, C, H, W) with ``reduce_channels=False``."""
-        return super().attribute(inputs, target, reduce_channels=reduce_channels)
+    def _set_call_options(self, abs: bool) -> None:
+        self.abs = bool(abs)
 
     def _attribute(self, inputs: Tensor, target: Tensor, reduce_channels: bool = True) -> Tensor:
         grad, _ = input_gradient(self.model, inputs, target)
@@ -110,9 +116,7 @@ class Saliency(AttributionMethod):
 class InputXGradient(AttributionMethod):
     """Input times its gradient, x ⊙ ∂f_c/∂x (Shrikumar et al. 2016), as Captum's InputXGradient."""
 
-    def attribute(self, inputs: Tensor, target: Target = None, reduce_channels: bool = True) -> Tensor:
-        """(B, H, W) maps, or (B, C, H, W) with ``reduce_channels=False``."""
-        return super().attribute(inputs, target, reduce_channels=reduce_channels)
+    any_input_shape = True
 
     def _attribute(self, inputs: Tensor, target: Tensor, reduce_channels: bool = True) -> Tensor:
         grad, _ = input_gradient(self.model, inputs, target)
@@ -141,6 +145,9 @@ class IntegratedGradients(PathAttributionMethod):
     ``baseline_for(inputs)`` returns the x' used, for the completeness check.
     """
 
+    any_input_shape = True
+    call_options = ("n_steps", "method", "internal_batch_size")
+
     def __init__(
         self,
         model: nn.Module,
@@ -150,17 +157,25 @@ class IntegratedGradients(PathAttributionMethod):
         internal_batch_size: Optional[int] = None,
         blur_kernel: Optional[int] = None,
         blur_sigma: float = 5.0,
+        output: Selector = None,
     ):
-        super().__init__(model)
-        self.n_steps = _check_positive_int(n_steps, "n_steps")
-        self.alphas, self.weights = quadrature(method, self.n_steps)
-        self.method = method
+        super().__init__(model, output)
         self.baseline = baseline
-        self.internal_batch_size = _check_optional_batch(internal_batch_size, "internal_batch_size")
+        self._set_call_options(n_steps, method, internal_batch_size)
         if blur_kernel is not None:
             _check_positive_int(blur_kernel, "blur_kernel")
         self.blur_kernel = blur_kernel
         self.blur_sigma = blur_sigma
+
+    def _set_call_options(self, n_steps: Optional[int] = None, method: Optional[str] = None,
+                          internal_batch_size: Optional[int] = -1) -> None:
+        """The quadrature and pass size; a call's ``n_steps`` / ``method`` / ``internal_batch_size``
+        (Captum's per-call arguments) override the constructor's."""
+        self.n_steps = _check_positive_int(self.n_steps if n_steps is None else n_steps, "n_steps")
+        self.method = self.method if method is None else method
+        self.alphas, self.weights = quadrature(self.method, self.n_steps)
+        if internal_batch_size != -1:
+            self.internal_batch_size = _check_optional_batch(internal_batch_size, "internal_batch_size")
 
     def _attribute(self, inputs: Tensor, target: Tensor, reduce_channels: bool = True) -> Tensor:
         baseline = self.baseline_for(inputs)
@@ -180,7 +195,7 @@ class IntegratedGradients(PathAttributionMethod):
         for start in range(0, self.n_steps, steps):
             count = min(steps, self.n_steps - start)
             points = buffer[:count]
-            torch.mul(alphas[start : start + count].view(count, 1, 1, 1, 1), path, out=points)
+            torch.mul(alphas[start : start + count].view(count, *[1] * path.dim()), path, out=points)
             points.add_(baseline)
             grad, _ = input_gradient(self.model, points.view(count * batch, *path.shape[1:]), targets[: count * batch])
             total.addmv_(grad.view(count, -1).t(), weights[start : start + count])
@@ -202,6 +217,8 @@ class SmoothGrad(AttributionMethod):
             Saliency(abs=True)); the channel sum comes after.
     """
 
+    any_input_shape = True
+
     def __init__(
         self,
         model: nn.Module,
@@ -211,8 +228,9 @@ class SmoothGrad(AttributionMethod):
         batch_size: Optional[int] = None,
         base: str = "saliency",
         abs: bool = False,
+        output: Selector = None,
     ):
-        super().__init__(model)
+        super().__init__(model, output)
         self.n_samples = _check_positive_int(n_samples, "n_samples")
         if not (isinstance(stdev, (int, float)) and np.isfinite(stdev) and stdev >= 0):
             raise ValueError(f"stdev must be a finite number >= 0 (a fraction of the input range), got {stdev!r}")
@@ -226,15 +244,11 @@ class SmoothGrad(AttributionMethod):
         self.base = base
         self.abs = bool(abs)
 
-    def attribute(self, inputs: Tensor, target: Target = None, reduce_channels: bool = True) -> Tensor:
-        """(B, H, W) maps, or (B, C, H, W) with ``reduce_channels=False``."""
-        return super().attribute(inputs, target, reduce_channels=reduce_channels)
-
     def noise_scale(self, inputs: Tensor) -> Tensor:
-        """Per-image σ = stdev · (max − min), shaped (B, 1, 1, 1)."""
+        """Per-image σ = stdev · (max − min), shaped (B, 1, …, 1) like the inputs."""
         flat = inputs.reshape(inputs.shape[0], -1)
         value_range = flat.max(dim=1).values - flat.min(dim=1).values
-        return (self.stdev * value_range).view(-1, 1, 1, 1)
+        return (self.stdev * value_range).view(-1, *[1] * (inputs.dim() - 1))
 
     def _attribute(self, inputs: Tensor, target: Tensor, reduce_channels: bool = True) -> Tensor:
         batch = inputs.shape[0]

@@ -14,7 +14,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
-from .._common import input_gradient, reduce_channels as _reduce
+from .._common import Selector, input_gradient, reduce_channels as _reduce
 from ..references import Reference
 from ._base import PathAttributionMethod
 from .gradients import _check_positive_int
@@ -99,7 +99,10 @@ class GuidedIG(PathAttributionMethod):
         blur_kernel, blur_sigma: the blur baseline's kernel size and σ.
 
     Features are all C·H·W input values, as in PAIR; ``reduce_channels=False`` returns them.
+    Any (B, ...) batch works (the path runs on the flattened features).
     """
+
+    any_input_shape = True
 
     def __init__(
         self,
@@ -110,8 +113,9 @@ class GuidedIG(PathAttributionMethod):
         fraction: float = 0.25,
         blur_kernel: Optional[int] = None,
         blur_sigma: float = 5.0,
+        output: Selector = None,
     ):
-        super().__init__(model)
+        super().__init__(model, output)
         self.x_steps = _check_positive_int(x_steps, "x_steps")
         if not (isinstance(max_dist, (int, float)) and 0.0 <= max_dist <= 1.0):
             raise ValueError(f"max_dist must be a number in [0, 1], got {max_dist!r}")

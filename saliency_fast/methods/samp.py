@@ -21,15 +21,12 @@ from torch import Tensor, nn
 
 from .. import ops
 from .._common import (
+    BoundModel,
+    Selector,
     Target,
-    attribution_mode,
-    check_autograd_available,
-    check_images,
-    check_model_device,
     check_score,
     input_gradient,
     minmax_normalize,
-    resolve_target,
     score_outputs,
     warn_if_not_finite,
 )
@@ -181,34 +178,39 @@ class SAMP(AttributionMethod):
         return cls(model, **{"n_frag": 50, "momentum": 0.5, **overrides})
 
     # -- public API ---------------------------------------------------------------------
-    def attribute(self, inputs: Tensor, target: Target = None) -> Tensor:
-        """(B, H, W) SAMP maps (positive = supports the target class)."""
-        return self.attribute_paths(inputs, target, scores=False).attribution
+    def attribute(self, inputs: Tensor, target: Target = None, baselines=None, additional_forward_args=None, *,
+                  output: Selector = None, **options) -> Tensor:
+        """(B, H, W) SAMP maps (positive = supports the target class); the call contract of
+        ``AttributionMethod`` (SAMP's path ends are ``deletion_reference`` / ``insertion_reference``)."""
+        return super().attribute(inputs, target, baselines, additional_forward_args, output=output, **options)
 
-    def attribute_paths(self, inputs: Tensor, target: Target = None, scores: bool = True) -> SAMPResult:
+    def attribute_paths(self, inputs: Tensor, target: Target = None, scores: bool = True, *,
+                        additional_forward_args=None, output: Selector = None) -> SAMPResult:
         """The map plus the raw per-path maps, steps, model calls and (with ``scores``) the
         scores of the inputs and references, which completeness checks need (one extra forward)."""
-        check_images(inputs)
-        if inputs.dtype not in PATH_DTYPES:
-            raise TypeError(f"inputs must be float16, bfloat16, float32 or float64 for SAMP, got {inputs.dtype}")
-        check_autograd_available(type(self).__name__)
-        if inputs.is_inference():  # made under inference_mode: autograd cannot track it, a copy it can
-            inputs = inputs.clone()
-        model = self.model
-        if isinstance(model, nn.Module):
-            check_model_device(model, inputs)
-            with attribution_mode(model):
-                result = self._attribute_paths(inputs, target, scores)
-        else:
-            result = self._attribute_paths(inputs, target, scores)
+        with self._calling(inputs, target, None, additional_forward_args, output) as (call, inputs, target, _):
+            result = call._attribute_paths(inputs, target, scores)
         warn_if_not_finite(result.raw, f"{type(self).__name__} maps")
         return result
 
     # -- internals ----------------------------------------------------------------------
-    def _attribute_paths(self, inputs: Tensor, target: Target, scores: bool) -> SAMPResult:
-        target = resolve_target(self.model, inputs, target)
+    def _check_inputs(self, inputs: Tensor) -> Tensor:
+        inputs = super()._check_inputs(inputs)
+        if inputs.dtype not in PATH_DTYPES:
+            raise TypeError(f"inputs must be float16, bfloat16, float32 or float64 for SAMP, got {inputs.dtype}")
+        return inputs
+
+    def _no_baselines_message(self) -> str:
+        return ("SAMP takes no baselines argument: its paths run to deletion_reference and from "
+                "insertion_reference (constructor options: 'zeros', 'blur' or a tensor)")
+
+    def _attribute(self, inputs: Tensor, target: Tensor) -> Tensor:
+        return self._attribute_paths(inputs, target, scores=False).attribution
+
+    def _attribute_paths(self, inputs: Tensor, target: Tensor, scores: bool) -> SAMPResult:
+        """On validated inputs and a resolved (B,) target, with ``self.model`` bound (see _base)."""
         model_dtype = inputs.dtype
-        inputs = inputs.detach().to(PATH_DTYPES[model_dtype]).contiguous()
+        inputs = inputs.to(PATH_DTYPES[model_dtype]).contiguous()
         results = {}
         for name in self.paths:
             reference = make_reference(
@@ -245,6 +247,8 @@ class SAMP(AttributionMethod):
                     break
                 rows = torch.from_numpy(live).to(inputs.device)
                 batch_target = target.index_select(0, rows)
+                if isinstance(self.model, BoundModel):  # per-example forward arguments follow the live images
+                    model = self.model.for_rows(rows)
             if calls >= max_steps:
                 raise StepLimitExceeded(
                     f"SAMP exceeded max_steps={max_steps} on the {'insertion' if insertion else 'deletion'} "
