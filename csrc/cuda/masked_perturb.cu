@@ -23,7 +23,10 @@ int blocks_for(int64_t total) {
   return static_cast<int>(std::min<int64_t>((total + kThreads - 1) / kThreads, 65535));
 }
 
-bool fits_int32(int64_t total) { return total <= std::numeric_limits<int32_t>::max(); }
+// 32-bit indices when every index, and the grid-stride step past the last one, fits in int32.
+bool fits_int32(int64_t total) {
+  return total <= std::numeric_limits<int32_t>::max() - int64_t(65535) * kThreads;
+}
 
 template <typename T, typename Index>
 __global__ void masked_perturb_kernel(const T* __restrict__ x, T* __restrict__ delta,

@@ -53,7 +53,8 @@ at::Tensor perturbation_curve_cuda(const at::Tensor& start, const at::Tensor& fi
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, start.scalar_type(),
                                   "perturbation_curve_cuda", [&] {
-    if (total <= std::numeric_limits<int32_t>::max()) {  // then every index below fits too
+    // 32-bit when every index, and the grid-stride step past the last one, fits in int32.
+    if (total <= std::numeric_limits<int32_t>::max() - int64_t(65535) * kThreads) {
       perturbation_curve_kernel<scalar_t, int32_t><<<blocks, kThreads, 0, stream>>>(
           start.data_ptr<scalar_t>(), finish.data_ptr<scalar_t>(), ranks.data_ptr<int64_t>(),
           counts.data_ptr<int64_t>(), out.data_ptr<scalar_t>(), static_cast<int32_t>(S),
