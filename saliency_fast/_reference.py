@@ -43,6 +43,10 @@ def samp_step(
 ) -> None:
     """One SAMP step (samp.md) for the images ``rows``; updates the state tensors in place.
     ``tie_tolerance`` t (ties "include" only): keys up to the k-th key + t (in the dtype) move."""
+    if not 0 <= tie_tolerance < float("inf"):
+        raise ValueError(f"tie_tolerance must be a finite number >= 0, got {tie_tolerance}")
+    if tie_tolerance > 0 and exact_ties:
+        raise ValueError("tie_tolerance > 0 widens the ties that move; it cannot be combined with exact_ties")
     p, e, act = point[rows], end[rows], active[rows]
     g = grad if momentum == 1.0 else momentum * grad + (1.0 - momentum) * grad_avg[rows]
     delta = e - p

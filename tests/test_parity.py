@@ -109,12 +109,13 @@ def test_tie_tolerance_widens_the_chosen_set():
     assert moved == [[0], [0, 1, 2], [0, 1, 2, 3]]
 
 
-def test_tie_tolerance_bad_values():
+@pytest.mark.parametrize("fn", [samp_op, _reference.samp_step])
+def test_tie_tolerance_bad_values(fn):
     state = random_state(1, 1, 3, 3)
     for tolerance, match in ((-1.0, "tie_tolerance must be"), (math.inf, "tie_tolerance must be"),
                              (1e-6, "exact_ties")):
-        with pytest.raises(RuntimeError, match=match):
-            call(samp_op, clone(state), torch.arange(1), k=1, momentum=1.0, insertion=False,
+        with pytest.raises((RuntimeError, ValueError), match=match):
+            call(fn, clone(state), torch.arange(1), k=1, momentum=1.0, insertion=False,
                  exact_ties=tolerance == 1e-6, tie_tolerance=tolerance)
 
 
