@@ -356,4 +356,7 @@ def test_samp_on_a_non_current_gpu_equals_cpu():
     cpu = sf.SAMP.plus(model, pixels_per_step=5).attribute_paths(x)
     with torch.cuda.device(0):
         gpu = sf.SAMP.plus(model.to("cuda:1"), pixels_per_step=5).attribute_paths(x.to("cuda:1"))
-    assert_identical(gpu.raw, cpu.raw)
+        assert torch.cuda.current_device() == 0
+    # the model's own kernels differ between CPU and GPU, so the maps agree to rounding
+    torch.testing.assert_close(gpu.raw.cpu(), cpu.raw, rtol=1e-9, atol=1e-9)
+    assert torch.equal(gpu.paths["deletion"].steps.cpu(), cpu.paths["deletion"].steps)
