@@ -153,6 +153,7 @@ def test_samp_step_cuda_bad_rows_cannot_corrupt():
             4, 1.0, False, False, 1e-8, 1e-5, 0.0)
     for name in ("point", "attribution", "active", "active_count", "step_count", "grad_avg"):
         assert_identical(gpu[name][[0, 1, 2]], state[name][[0, 1, 2]], name)  # untouched
+        assert_identical(gpu[name][3], cpu[name][3], name)  # stepped as on CPU
     assert int(gpu["step_count"][3]) == 1
 
 
