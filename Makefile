@@ -50,7 +50,7 @@ cuda-check:
 	$(CUDA_VENV)/bin/python -m pip install -q --disable-pip-version-check torch==2.14.1 setuptools wheel numpy pybind11 ninja \
 		pytest hypothesis scipy scikit-learn captum quantus saliency tqdm matplotlib pillow pytest-benchmark
 	rm -rf build-cuda && git clone -q . build-cuda
-	cd build-cuda && CUDA_HOME=$(CUDA_HOME) FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="9.0" MAX_JOBS=2 \
+	cd build-cuda && CUDA_HOME=$(CUDA_HOME) FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="9.0+PTX" MAX_JOBS=2 \
 		../$(CUDA_VENV)/bin/python setup.py -q build_ext --inplace
 	cd build-cuda && PYTHONPATH=. ../$(CUDA_VENV)/bin/python scripts/check_cuda_build.py
 	cd build-cuda && SALIENCY_FAST_REQUIRE_NATIVE=1 ../$(CUDA_VENV)/bin/python -m pytest -q tests

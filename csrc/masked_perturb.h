@@ -34,10 +34,13 @@ SF_HOST_DEVICE T pgd_update(T x, T delta, T grad, T budget, T ratio, T low, T hi
 }
 
 // Saliency Guided Training's fill: a masked element becomes low + u·(high − low), u ∈ [0, 1),
-// with low/high the image's minimum and maximum.
+// with low/high the image's minimum and maximum (NaN when the image holds a NaN, as torch.min
+// and torch.max give them). `+ T(0)` turns −0 into +0: which of −0 and +0 a min/max reduction
+// returns depends on its order, and the fill must not.
 template <typename T>
 SF_HOST_DEVICE T random_fill(T x, bool masked, T noise, T low, T high) {
-  return masked ? low + noise * (high - low) : x;
+  const T lo = low + T(0), hi = high + T(0);
+  return masked ? lo + noise * (hi - lo) : x;
 }
 
 }  // namespace perturb

@@ -8,12 +8,15 @@ TORCH_LIBRARY(saliency_fast, m) {
   // momentum, projection, k-th selection among active pixels, IC scaling, in-place update of
   // point / grad_avg / attribution / active / active_count, and step_count += 1 for every
   // image that still had active pixels (so callers never read the device to count steps).
+  // tie_tolerance t (ties "include" only): keys within t above the k-th key move too.
+  // `rows` must be distinct indices in [0, B): the CPU op raises otherwise; the CUDA op, which
+  // cannot raise without a host sync, leaves every image named by a bad row untouched.
   m.def(
       "samp_step(Tensor(a!) point, Tensor end, Tensor grad, Tensor(b!) grad_avg, "
       "Tensor(c!) attribution, Tensor(d!) active, Tensor(e!) active_count, Tensor(f!) step_count, "
       "Tensor rows, "
       "Tensor bound, int k, float momentum=1.0, bool insertion=False, bool exact_ties=False, "
-      "float atol=1e-08, float rtol=1e-05) -> ()");
+      "float atol=1e-08, float rtol=1e-05, float tie_tolerance=0.0) -> ()");
   // The perturbed images of many deletion/insertion curve points in one pass:
   // out[b, s, c, p] = finish[b, c, p] if ranks[b, p] < counts[s] else start[b, c, p].
   m.def("perturbation_curve(Tensor start, Tensor finish, Tensor ranks, Tensor counts) -> Tensor");

@@ -37,12 +37,19 @@ SF_HOST_DEVICE T threshold_budget(T key, T threshold, bool any_selected, T epsil
 }
 
 // "inverse": ε·(1 − rank)^γ, with rank = position / (n − 1) ∈ [0, 1] (0 for a 1-pixel image).
+// Computed in double on every backend and for every dtype, then rounded once to T: the same
+// operations give the same bits, except pow (γ != 1), where the host's and the device's double
+// pow may differ by a few ulp (README, "CPU/CUDA parity").
 template <typename T>
-SF_HOST_DEVICE T inverse_budget(int64_t position, int64_t n, T epsilon, T gamma) {
-  const T rank = n > 1 ? T(position) / T(n - 1) : T(0);
-  const T keep = T(1) - rank;
-  return gamma == T(1) ? epsilon * keep : epsilon * pow(keep, gamma);
+SF_HOST_DEVICE T inverse_budget(int64_t position, int64_t n, double epsilon, double gamma) {
+  const double rank = n > 1 ? static_cast<double>(position) / static_cast<double>(n - 1) : 0.0;
+  const double keep = 1.0 - rank;
+  return static_cast<T>(gamma == 1.0 ? epsilon * keep : epsilon * ::pow(keep, gamma));
 }
+
+// "mass" with rho >= 1 is every pixel, on every backend: the region's own summation order could
+// otherwise push the last value's cumulative mass past the total by rounding and drop it.
+inline bool is_everything(Mode mode, double rho) { return mode == Mode::kUniform || (mode == Mode::kMass && rho >= 1.0); }
 
 // How many pixels "topk" selects: floor(k·n), computed in double by both backends.
 inline int64_t topk_count(double k, int64_t n) {

@@ -2,6 +2,7 @@
 // Per-element math of one SAMP step (samp.md), shared by csrc/cpu/samp_step.cpp and
 // csrc/cuda/samp_step.cu.
 #include <cmath>
+#include <cstdint>
 #include <limits>
 
 #include "macros.h"
@@ -46,6 +47,26 @@ SF_HOST_DEVICE T step_scale(T step_l1, T bound) {
 template <typename T>
 SF_HOST_DEVICE T move_towards(T point, T end, T scale) {
   return scale == T(1) ? end : point + scale * (end - point);
+}
+
+// The step's L1 size (IC) is summed in one fixed order on every backend, so that the CPU and
+// CUDA scales, hence the whole state after a step, are bit-identical: lane t of kSumLanes adds
+// the chosen pixels p ≡ t (mod kSumLanes) in increasing p, channels 0..C−1 of each, starting
+// from 0 (the CUDA select kernel's thread t owns exactly those pixels); then the lanes are added
+// pairwise, halving: lane t += lane t + half for half = kSumLanes/2, ..., 1.
+constexpr int kSumLanes = 512;
+
+template <typename T>
+SF_HOST_DEVICE void add_pixel_distance(T& lane, const T* point, const T* end, int64_t pixel,
+                                       int64_t channels, int64_t pixels) {
+  for (int64_t c = 0; c < channels; ++c) lane += distance(point[c * pixels + pixel], end[c * pixels + pixel]);
+}
+
+// tie_tolerance t: with ties "include", every active pixel whose key is <= the k-th key + t moves
+// (the published code's margin; t = 0 is the plain top-k with its ties). Computed in T.
+template <typename T>
+SF_HOST_DEVICE T selection_limit(T kth, T tie_tolerance) {
+  return kth + tie_tolerance;
 }
 
 }  // namespace samp

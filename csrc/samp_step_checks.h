@@ -1,4 +1,6 @@
 #pragma once
+#include <cmath>
+
 #include "check.h"
 
 namespace saliency_fast {
@@ -7,11 +9,16 @@ namespace saliency_fast {
 inline void check_samp_step(const at::Tensor& point, const at::Tensor& end, const at::Tensor& grad,
                             const at::Tensor& grad_avg, const at::Tensor& attribution,
                             const at::Tensor& active, const at::Tensor& active_count, const at::Tensor& step_count,
-                            const at::Tensor& rows, const at::Tensor& bound, int64_t k) {
+                            const at::Tensor& rows, const at::Tensor& bound, int64_t k,
+                            bool exact_ties, double tie_tolerance) {
   TORCH_CHECK(point.dim() == 4, "point must have shape (B, C, H, W), got ", point.sizes());
   TORCH_CHECK(point.scalar_type() == at::kFloat || point.scalar_type() == at::kDouble,
               "point must be float32 or float64, got ", point.scalar_type());
   TORCH_CHECK(k >= 1, "k (pixels per step) must be >= 1, got ", k);
+  TORCH_CHECK(tie_tolerance >= 0 && std::isfinite(tie_tolerance),
+              "tie_tolerance must be a finite number >= 0, got ", tie_tolerance);
+  TORCH_CHECK(!(exact_ties && tie_tolerance > 0),
+              "tie_tolerance > 0 widens the ties that move; it cannot be combined with exact_ties");
   const auto device = point.device();
   const auto dtype = point.scalar_type();
   check_tensor(point, "point", device, dtype);

@@ -39,8 +39,14 @@ def samp_step(
     exact_ties: bool,
     atol: float = ATOL,
     rtol: float = RTOL,
+    tie_tolerance: float = 0.0,
 ) -> None:
-    """One SAMP step (samp.md) for the images ``rows``; updates the state tensors in place."""
+    """One SAMP step (samp.md) for the images ``rows``; updates the state tensors in place.
+    ``tie_tolerance`` t (ties "include" only): keys up to the k-th key + t (in the dtype) move."""
+    if not 0 <= tie_tolerance < float("inf"):
+        raise ValueError(f"tie_tolerance must be a finite number >= 0, got {tie_tolerance}")
+    if tie_tolerance > 0 and exact_ties:
+        raise ValueError("tie_tolerance > 0 widens the ties that move; it cannot be combined with exact_ties")
     p, e, act = point[rows], end[rows], active[rows]
     g = grad if momentum == 1.0 else momentum * grad + (1.0 - momentum) * grad_avg[rows]
     delta = e - p
@@ -53,6 +59,8 @@ def samp_step(
     kth = masked.sort(dim=1).values.gather(1, (kk - 1).unsqueeze(1))
     below = act_flat & (key < kth)
     ties = act_flat & (key == kth)
+    if tie_tolerance > 0:  # the published code's margin: everything up to kth + t
+        ties = act_flat & (key >= kth) & (key <= kth + tie_tolerance)
     if exact_ties:  # the first (k − #below) ties by flat index
         quota = kk.unsqueeze(1) - below.sum(dim=1, keepdim=True)
         ties = ties & (torch.cumsum(ties.long(), dim=1) <= quota)
@@ -98,19 +106,19 @@ def saliency_budget(saliency: Tensor, mode: str, epsilon: float, rho: float, k: 
     """
     if mode not in BUDGET_MODES:
         raise ValueError(f"mode must be one of {BUDGET_MODES}, got {mode!r}")
-    if mode == "uniform":
+    if mode == "uniform" or (mode == "mass" and rho >= 1):  # rho >= 1: every pixel
         return torch.full_like(saliency, epsilon)
     batch = saliency.shape[0]
     flat = saliency.reshape(batch, -1)
     n = flat.shape[1]
     keys = _budget_keys(flat)
     ordered = keys.sort(dim=1).values
-    if mode == "inverse":
+    if mode == "inverse":  # in float64 for every dtype, rounded once (csrc/saliency_budget.h)
         below = torch.searchsorted(ordered, keys, right=False)  # ties share the lower rank
-        rank = below.to(flat.dtype) / (n - 1) if n > 1 else torch.zeros_like(flat)
+        rank = below.to(torch.float64) / (n - 1) if n > 1 else torch.zeros_like(flat, dtype=torch.float64)
         keep = 1 - rank
         budget = epsilon * keep if gamma == 1 else epsilon * keep.pow(gamma)
-        return budget.reshape(saliency.shape)
+        return budget.to(flat.dtype).reshape(saliency.shape)
     if mode == "topk":
         m = min(max(math.floor(k * n), 0), n)
         if m == 0:
@@ -139,8 +147,9 @@ def masked_perturb(x: Tensor, delta: Tensor, grad: Tensor, budget: Tensor, step_
 
 
 def masked_random_fill(x: Tensor, mask: Tensor, noise: Tensor) -> Tensor:
-    """Where ``mask`` (B, H, W) is set, every channel becomes min + noise·(max − min) of its image."""
+    """Where ``mask`` (B, H, W) is set, every channel becomes min + noise·(max − min) of its image
+    (NaN if the image holds a NaN; −0 counts as +0, csrc/masked_perturb.h)."""
     flat = x.reshape(x.shape[0], -1)
-    low = flat.min(dim=1).values.view(-1, 1, 1, 1)
-    high = flat.max(dim=1).values.view(-1, 1, 1, 1)
+    low = flat.min(dim=1).values.view(-1, 1, 1, 1) + 0.0
+    high = flat.max(dim=1).values.view(-1, 1, 1, 1) + 0.0
     return torch.where(mask.unsqueeze(1), low + noise * (high - low), x)

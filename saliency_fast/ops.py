@@ -25,6 +25,22 @@ def use_native(tensor: Tensor) -> bool:
     return tensor.device.type in NATIVE_BACKENDS
 
 
+def _same_device(**tensors: Tensor) -> None:
+    """Raises naming the first tensor argument that is not on the first one's device. The fakes
+    call it: the dispatcher sends a call to them as soon as one argument is on ``meta``, and a
+    fake must not answer for a call whose real tensors sit on CPU (the native kernels' own
+    TORCH_CHECKs catch CPU/CUDA mixes)."""
+    (first_name, first), *others = tensors.items()
+    for name, tensor in others:
+        if tensor.device != first.device:
+            raise ValueError(f"{name} is on {tensor.device} but {first_name} is on {first.device}: "
+                             "pass every tensor argument on one device")
+
+
+_SAMP_TENSORS = ("point", "end", "grad", "grad_avg", "attribution", "active", "active_count", "step_count",
+                 "rows", "bound")
+
+
 def samp_step(
     point: Tensor,
     end: Tensor,
@@ -42,26 +58,29 @@ def samp_step(
     exact_ties: bool = False,
     atol: float = _reference.ATOL,
     rtol: float = _reference.RTOL,
+    tie_tolerance: float = 0.0,
 ) -> None:
     """One fused SAMP step for the images ``rows`` (distinct indices into the batch; the CPU
-    kernel checks this, the CUDA kernel cannot without a host sync).
+    kernel raises otherwise; the CUDA kernel, which cannot raise without a host sync, leaves
+    every image named by a repeated row untouched and ignores rows outside [0, B)).
 
     ``grad[i]`` is the score gradient at ``point[rows[i]]``. Updates ``point``, ``grad_avg``
     (momentum state; pass ``momentum=1`` on the first step), ``attribution``, ``active``
     (B, H, W) and ``active_count`` (B,) in place, and adds one to ``step_count`` (B,) for
     every image that still had pixels to move. ``bound`` (B,) is the IC bound on each
     step's L1 size (+inf: none); ``k`` the pixels per step; ``exact_ties`` moves exactly
-    min(k, #active) pixels, lower flat index first among ties.
+    min(k, #active) pixels, lower flat index first among ties; ``tie_tolerance`` t (without
+    ``exact_ties``) also moves every active pixel whose key lies within t above the k-th key.
     """
     samp_step_kernel(point)(point, end, grad, grad_avg, attribution, active, active_count, step_count, rows,
                             bound, int(k), float(momentum), bool(insertion), bool(exact_ties), float(atol),
-                            float(rtol))
+                            float(rtol), float(tie_tolerance))
 
 
 def samp_step_kernel(point: Tensor):
     """What ``samp_step`` calls for ``point``'s device: the compiled op or its reference twin,
-    resolved once, for loops that step many times. It takes all 16 arguments positionally, with
-    k an int, momentum, atol and rtol floats, and the flags bools: the per-call conversions and
+    resolved once, for loops that step many times. It takes all 17 arguments positionally, with
+    k an int, momentum, atol, rtol and tie_tolerance floats, and the flags bools: the per-call conversions and
     the device lookup of ``samp_step`` are what it saves (SAMP's step loop runs between model
     calls, with the interpreter's caches cold)."""
     return torch.ops.saliency_fast.samp_step.default if use_native(point) else _reference.samp_step
@@ -71,6 +90,7 @@ if _C is not None:
 
     @torch.library.register_fake("saliency_fast::samp_step")
     def _samp_step_fake(*args, **kwargs):  # mutates its inputs in place, allocates nothing
+        _same_device(**dict(zip(_SAMP_TENSORS, args)))
         return None
 
 
@@ -92,6 +112,7 @@ if _C is not None:
 
     @torch.library.register_fake("saliency_fast::perturbation_curve")
     def _perturbation_curve_fake(start, finish, ranks, counts):
+        _same_device(start=start, finish=finish, ranks=ranks, counts=counts)
         torch._check(start.dim() == 4, lambda: "start must have shape (B, C, H, W)")
         torch._check(counts.dim() == 1, lambda: "counts must be a 1-D tensor")
         batch, channels, height, width = start.shape
@@ -178,14 +199,16 @@ def masked_random_fill(x: Tensor, mask: Tensor, noise: Tensor) -> Tensor:
 if _C is not None:
 
     @torch.library.register_fake("saliency_fast::saliency_budget")
-    def _saliency_budget_fake(saliency, mode, epsilon, rho, k, gamma):
+    def _saliency_budget_fake(saliency, mode, epsilon, rho, k, gamma):  # one tensor: no mix possible
         torch._check(saliency.dim() == 3, lambda: "saliency must have shape (B, H, W)")
         return torch.empty_like(saliency)
 
     @torch.library.register_fake("saliency_fast::masked_perturb")
     def _masked_perturb_fake(x, delta, grad, budget, step_size, epsilon, low, high):
+        _same_device(x=x, delta=delta, grad=grad, budget=budget)
         return None
 
     @torch.library.register_fake("saliency_fast::masked_random_fill")
     def _masked_random_fill_fake(x, mask, noise):
+        _same_device(x=x, mask=mask, noise=noise)
         return torch.empty_like(x)

@@ -4,8 +4,12 @@ import torch
 
 
 def samp_path(model, x, end, target, s, n_frag=None, momentum=None, insertion=False, ties="include",
-              atol=1e-8, rtol=1e-5):
-    """One path for one image x (C, H, W) → (signed attribution (H, W), steps)."""
+              atol=1e-8, rtol=1e-5, tie_tolerance=0.0):
+    """One path for one image x (C, H, W) → (signed attribution (H, W), steps).
+
+    ``tie_tolerance`` t: the published benchmark code's rule, written as it states it: with v the
+    k-th smallest (deletion) / k-th largest (insertion) projection, every active pixel with
+    proj <= v + t (deletion) / proj >= v − t (insertion) moves."""
     p = x.clone()
     attribution = torch.zeros(x.shape[1:], dtype=x.dtype)
     distance = (p - end).abs().sum()
@@ -27,6 +31,10 @@ def samp_path(model, x, end, target, s, n_frag=None, momentum=None, insertion=Fa
         chosen = torch.zeros(active.numel(), dtype=torch.bool)
         if ties == "exact":
             chosen[flat_active[order[:k]]] = True
+        elif tie_tolerance > 0:
+            v = values[order[k - 1]]
+            near = values >= v - tie_tolerance if insertion else values <= v + tie_tolerance
+            chosen[flat_active[near]] = True
         else:
             v = key[order[k - 1]]
             chosen[flat_active[key <= v]] = True

@@ -127,6 +127,42 @@ def test_matches_a_literal_transcription_of_the_spec(options, model_fn):
     torch.testing.assert_close(result.raw, result.paths["deletion"].attribution + result.paths["insertion"].attribution)
 
 
+@pytest.mark.parametrize("n_frag, momentum", [(None, None), (6, 0.5)])
+def test_tie_tolerance_matches_a_transcription_of_the_published_rule(n_frag, momentum):
+    """tie_tolerance=1e-6 (the published benchmark code) on a model whose projections are small
+    enough that the margin moves extra pixels: equal to the transcription, step for step."""
+    torch.manual_seed(3)
+    model = relu_cnn()
+    with torch.no_grad():
+        model[-1].weight.mul_(2e-5)  # projections of order 1e-6: the margin matters
+    x = torch.rand(3, 1, 8, 8, dtype=torch.float64)
+    options = dict(pixels_per_step=3, n_frag=n_frag, momentum=momentum, normalize=False)
+    tolerant = sf.SAMP(model, tie_tolerance=1e-6, **options).attribute_paths(x)
+    plain = sf.SAMP(model, **options).attribute_paths(x)
+    target = model(x).argmax(1)
+    for name, path in tolerant.paths.items():
+        insertion = name == "insertion"
+        for b in range(3):
+            start, end = (path.reference[b], x[b]) if insertion else (x[b], path.reference[b])
+            expected, steps = samp_path(model, start, end, int(target[b]), 3, n_frag, momentum, insertion,
+                                        tie_tolerance=1e-6)
+            torch.testing.assert_close(path.attribution[b], expected, rtol=1e-9, atol=1e-15)
+            assert int(path.steps[b]) == steps
+    fewer = sum(int(tolerant.paths[n].steps.sum()) for n in tolerant.paths)
+    assert fewer < sum(int(plain.paths[n].steps.sum()) for n in plain.paths)  # the margin did act
+
+
+def test_tie_tolerance_options():
+    model = relu_cnn()
+    assert sf.SAMP(model).tie_tolerance == 0.0
+    assert sf.SAMP.plus(model, tie_tolerance=1e-6).tie_tolerance == 1e-6
+    for bad in (-1e-6, math.inf, math.nan, "1e-6", True):
+        with pytest.raises(ValueError, match="tie_tolerance"):
+            sf.SAMP(model, tie_tolerance=bad)
+    with pytest.raises(ValueError, match="ties='exact'"):
+        sf.SAMP(model, tie_tolerance=1e-6, ties="exact")
+
+
 def test_native_and_reference_ops_give_the_same_maps(monkeypatch):
     model = relu_cnn()
     x = torch.rand(4, 1, 8, 8, dtype=torch.float64)

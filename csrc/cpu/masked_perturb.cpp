@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <limits>
 
 #include "masked_perturb.h"
 
@@ -43,6 +44,21 @@ void masked_perturb_cpu(const at::Tensor& x, at::Tensor delta, const at::Tensor&
   });
 }
 
+// The minimum and maximum of v[0, n) (n >= 1) as torch.min/max (and the CUDA op's at::aminmax)
+// give them: NaN when any element is NaN. (std::minmax_element ignores a NaN unless it is first.)
+template <typename T>
+void nan_propagating_minmax(const T* v, int64_t n, T& lo, T& hi) {
+  lo = v[0];
+  hi = v[0];
+  bool any_nan = false;
+  for (int64_t i = 0; i < n; ++i) {
+    lo = v[i] < lo ? v[i] : lo;
+    hi = v[i] > hi ? v[i] : hi;
+    any_nan |= v[i] != v[i];
+  }
+  if (any_nan) lo = hi = std::numeric_limits<T>::quiet_NaN();
+}
+
 at::Tensor masked_random_fill_cpu(const at::Tensor& x, const at::Tensor& mask,
                                   const at::Tensor& noise) {
   check_masked_random_fill(x, mask, noise);
@@ -57,8 +73,8 @@ at::Tensor masked_random_fill_cpu(const at::Tensor& x, const at::Tensor& mask,
     at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
       for (int64_t b = begin; b < end; ++b) {
         const scalar_t* image = xp + b * C * HW;
-        const auto range = std::minmax_element(image, image + C * HW);
-        const scalar_t lo = *range.first, hi = *range.second;
+        scalar_t lo, hi;
+        nan_propagating_minmax(image, C * HW, lo, hi);
         const bool* m = mp + b * HW;
         for (int64_t c = 0; c < C; ++c) {
           const int64_t offset = (b * C + c) * HW;

@@ -55,10 +55,10 @@ bool mass_threshold(const T* s, int64_t n, double limit, std::vector<T>& keys, T
 }
 
 template <typename T>
-void budget_one_image(const T* s, T* out, int64_t n, Mode mode, T epsilon, double rho, double k,
-                      T gamma, std::vector<T>& keys, std::vector<int64_t>& order) {
-  if (mode == Mode::kUniform) {
-    std::fill(out, out + n, epsilon);
+void budget_one_image(const T* s, T* out, int64_t n, Mode mode, double epsilon, double rho, double k,
+                      double gamma, std::vector<T>& keys, std::vector<int64_t>& order) {
+  if (budget::is_everything(mode, rho)) {
+    std::fill(out, out + n, static_cast<T>(epsilon));
     return;
   }
   if (mode == Mode::kInverse) {
@@ -70,7 +70,7 @@ void budget_one_image(const T* s, T* out, int64_t n, Mode mode, T epsilon, doubl
     int64_t first_of_group = 0;  // ties share the position of their group's first member
     for (int64_t j = 0; j < n; ++j) {
       if (j > 0 && keys[order[j]] != keys[order[j - 1]]) first_of_group = j;
-      out[order[j]] = budget::inverse_budget(first_of_group, n, epsilon, gamma);
+      out[order[j]] = budget::inverse_budget<T>(first_of_group, n, epsilon, gamma);
     }
     return;
   }
@@ -86,7 +86,7 @@ void budget_one_image(const T* s, T* out, int64_t n, Mode mode, T epsilon, doubl
     any = mass_threshold(s, n, rho * total, keys, &threshold);
   }
   for (int64_t i = 0; i < n; ++i) {
-    out[i] = budget::threshold_budget(budget::order_key(s[i]), threshold, any, epsilon);
+    out[i] = budget::threshold_budget(budget::order_key(s[i]), threshold, any, static_cast<T>(epsilon));
   }
 }
 
@@ -104,8 +104,7 @@ at::Tensor saliency_budget_cpu(const at::Tensor& saliency, c10::string_view mode
       std::vector<scalar_t> keys;
       std::vector<int64_t> order;
       for (int64_t b = begin; b < end; ++b) {
-        budget_one_image(s + b * n, o + b * n, n, mode, static_cast<scalar_t>(epsilon), rho, k,
-                         static_cast<scalar_t>(gamma), keys, order);
+        budget_one_image(s + b * n, o + b * n, n, mode, epsilon, rho, k, gamma, keys, order);
       }
     });
   });

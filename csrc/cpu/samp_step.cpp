@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <bit>
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <utility>
 #include <vector>
@@ -31,7 +32,7 @@ struct StepArgs {
   int64_t* step_count;
   const T* bound;
   int64_t channels, pixels, k;
-  T momentum, atol, rtol;
+  T momentum, atol, rtol, tie_tolerance;
   bool insertion, exact_ties;
 };
 
@@ -50,7 +51,7 @@ struct Workspace {
       : proj(pixels), keys(pixels), chosen(pixels), candidate_keys(pixels), candidate_pixels(pixels),
         kth_scratch(pixels), block_min((pixels + kBlock - 1) / kBlock),
         digit_bits(std::clamp(static_cast<int>(std::bit_width(static_cast<uint64_t>(pixels))), 8, 12)),
-        histogram(size_t(1) << digit_bits) {}
+        histogram(size_t(1) << digit_bits), lanes(samp::kSumLanes) {}
   int shift() const { return OrderedBits<T>::kBits - digit_bits; }
 
   std::vector<T> proj;
@@ -62,6 +63,7 @@ struct Workspace {
   std::vector<U> block_min;    // the smallest key of each kBlock pixels (the block filter)
   int digit_bits;
   std::vector<int64_t> histogram;
+  std::vector<T> lanes;  // the fixed-order L1 sum (samp::kSumLanes)
 };
 
 // The calling thread's workspace for images of `pixels` pixels, kept across calls: the worker
@@ -243,6 +245,39 @@ int64_t choose_pixels(Workspace<T>& w, int64_t pixels, int64_t n_active, int64_t
   return choose_by_radix(w, pixels, n_active, k, exact_ties);
 }
 
+// tie_tolerance t > 0: every active pixel whose key is <= (the k-th key) + t, in index order.
+// The k-th key is the largest of the chosen (ties "include" chose every key up to it); keys
+// within t above it may lie outside the candidates the selection kept, so all pixels are read.
+template <typename T>
+int64_t widen_by_tolerance(Workspace<T>& w, int64_t pixels, int64_t n_chosen, T tie_tolerance) {
+  using U = typename OrderedBits<T>::U;
+  U kth = 0;
+  for (int64_t j = 0; j < n_chosen; ++j) kth = std::max(kth, w.keys[w.chosen[j]]);
+  const U limit = to_ordered(samp::selection_limit(from_ordered<T>(kth), tie_tolerance));
+  int64_t n = 0;
+  for (int64_t p = 0; p < pixels; ++p) {  // inactive keys are all ones: above every limit
+    w.chosen[n] = p;
+    n += w.keys[p] <= limit && w.keys[p] != kInactiveKey<U>;
+  }
+  return n;
+}
+
+// IC's step size in the fixed order of samp::kSumLanes (see samp_step.h): sorts `chosen`.
+template <typename T>
+T fixed_order_l1(Workspace<T>& w, const T* point, const T* end, int64_t n_chosen, int64_t channels, int64_t pixels) {
+  int64_t* chosen = w.chosen.data();
+  std::sort(chosen, chosen + n_chosen);  // each lane adds its pixels in increasing index
+  T* lanes = w.lanes.data();
+  std::fill(lanes, lanes + samp::kSumLanes, T(0));
+  for (int64_t j = 0; j < n_chosen; ++j) {
+    samp::add_pixel_distance(lanes[chosen[j] % samp::kSumLanes], point, end, chosen[j], channels, pixels);
+  }
+  for (int half = samp::kSumLanes / 2; half > 0; half /= 2) {
+    for (int t = 0; t < half; ++t) lanes[t] += lanes[t + half];
+  }
+  return lanes[0];
+}
+
 // The active pixels of an image. The bools are summed as 0/1 bytes: GCC does not vectorise a
 // sum of bools.
 int64_t count_active(const bool* active, int64_t pixels) {
@@ -283,16 +318,15 @@ void step_one_image(const StepArgs<T>& a, int64_t image, int64_t row, Workspace<
   }
 
   // 2. the pixels of the k smallest keys (and ties), then their L1 size for IC.
-  const int64_t n_chosen = choose_pixels(w, HW, n_active, std::min(a.k, n_active), a.exact_ties);
+  int64_t n_chosen = choose_pixels(w, HW, n_active, std::min(a.k, n_active), a.exact_ties);
+  if (a.tie_tolerance > T(0)) n_chosen = widen_by_tolerance(w, HW, n_chosen, a.tie_tolerance);
   const int64_t* chosen = w.chosen.data();
-  T step_l1 = T(0);
-  for (int64_t j = 0; j < n_chosen; ++j) {
-    const int64_t p = chosen[j];
-    for (int64_t c = 0; c < C; ++c) step_l1 += samp::distance(point[c * HW + p], end[c * HW + p]);
-  }
 
-  // 3. IC scaling, then move the chosen pixels and accumulate their attribution.
-  const T scale = samp::step_scale(step_l1, a.bound[image]);
+  // 3. IC scaling (no bound: the scale is 1 whatever the size), then move the chosen pixels and
+  // accumulate their attribution.
+  const T bound = a.bound[image];
+  const T step_l1 = bound == std::numeric_limits<T>::infinity() ? T(0) : fixed_order_l1(w, point, end, n_chosen, C, HW);
+  const T scale = samp::step_scale(step_l1, bound);
   int64_t finished = 0;
   for (int64_t j = 0; j < n_chosen; ++j) {
     const int64_t p = chosen[j];
@@ -313,9 +347,9 @@ void samp_step_cpu(at::Tensor point, const at::Tensor& end, const at::Tensor& gr
                    at::Tensor grad_avg, at::Tensor attribution, at::Tensor active,
                    at::Tensor active_count, at::Tensor step_count, const at::Tensor& rows, const at::Tensor& bound,
                    int64_t k, double momentum, bool insertion, bool exact_ties, double atol,
-                   double rtol) {
+                   double rtol, double tie_tolerance) {
   check_samp_step(point, end, grad, grad_avg, attribution, active, active_count, step_count, rows,
-                  bound, k);
+                  bound, k, exact_ties, tie_tolerance);
   const int64_t B = point.size(0), n_rows = rows.size(0);
   const int64_t* row_images = rows.data_ptr<int64_t>();
   std::vector<bool> seen(B, false);  // two rows on one image would race on its state
@@ -333,7 +367,8 @@ void samp_step_cpu(at::Tensor point, const at::Tensor& end, const at::Tensor& gr
                                   step_count.data_ptr<int64_t>(), bound.data_ptr<scalar_t>(),
                                   point.size(1), point.size(2) * point.size(3), k,
                                   static_cast<scalar_t>(momentum), static_cast<scalar_t>(atol),
-                                  static_cast<scalar_t>(rtol), insertion, exact_ties};
+                                  static_cast<scalar_t>(rtol), static_cast<scalar_t>(tie_tolerance),
+                                  insertion, exact_ties};
     // Contiguous ranges of rows (parallel_for's static split). Inside SAMP++ runs on the digits
     // a step took 155–206 µs this way, against 173–237 µs with rows handed out one at a time: likely
     // because each thread then finds in its own cache the gradients its share of the model's

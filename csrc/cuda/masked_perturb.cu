@@ -1,6 +1,7 @@
 // CUDA implementations of masked_perturb (one fused PGD step, in place on delta) and
-// masked_random_fill: grid-stride elementwise kernels with int64 indexing on the current
-// stream; the per-image min/max of the fill come from at::aminmax (no host sync).
+// masked_random_fill: grid-stride elementwise kernels on the current stream, with 32-bit index
+// arithmetic when x has fewer than 2^31 elements (64-bit division is slow on the GPU), else
+// 64-bit; the per-image min/max of the fill come from at::aminmax (no host sync).
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -9,6 +10,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <limits>
 
 #include "masked_perturb.h"
 
@@ -21,29 +23,34 @@ int blocks_for(int64_t total) {
   return static_cast<int>(std::min<int64_t>((total + kThreads - 1) / kThreads, 65535));
 }
 
-template <typename T>
+// 32-bit indices when every index, and the grid-stride step past the last one, fits in int32.
+bool fits_int32(int64_t total) {
+  return total <= std::numeric_limits<int32_t>::max() - int64_t(65535) * kThreads;
+}
+
+template <typename T, typename Index>
 __global__ void masked_perturb_kernel(const T* __restrict__ x, T* __restrict__ delta,
                                       const T* __restrict__ grad, const T* __restrict__ budget,
-                                      int64_t total, int64_t channels, int64_t pixels, T ratio,
+                                      Index total, Index channels, Index pixels, T ratio,
                                       T low, T high) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
-       i += static_cast<int64_t>(blockDim.x) * gridDim.x) {
-    const int64_t image = i / (channels * pixels);
-    const int64_t pixel = i % pixels;
+  for (Index i = blockIdx.x * static_cast<Index>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<Index>(blockDim.x) * gridDim.x) {
+    const Index image = i / (channels * pixels);
+    const Index pixel = i % pixels;
     delta[i] = perturb::pgd_update(x[i], delta[i], grad[i], budget[image * pixels + pixel], ratio,
                                    low, high);
   }
 }
 
-template <typename T>
+template <typename T, typename Index>
 __global__ void masked_random_fill_kernel(const T* __restrict__ x, const bool* __restrict__ mask,
                                           const T* __restrict__ noise, const T* __restrict__ low,
                                           const T* __restrict__ high, T* __restrict__ out,
-                                          int64_t total, int64_t channels, int64_t pixels) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
-       i += static_cast<int64_t>(blockDim.x) * gridDim.x) {
-    const int64_t image = i / (channels * pixels);
-    const int64_t pixel = i % pixels;
+                                          Index total, Index channels, Index pixels) {
+  for (Index i = blockIdx.x * static_cast<Index>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<Index>(blockDim.x) * gridDim.x) {
+    const Index image = i / (channels * pixels);
+    const Index pixel = i % pixels;
     out[i] = perturb::random_fill(x[i], mask[image * pixels + pixel], noise[i], low[image],
                                   high[image]);
   }
@@ -60,10 +67,15 @@ void masked_perturb_cuda(const at::Tensor& x, at::Tensor delta, const at::Tensor
   const double ratio = epsilon > 0 ? step_size / epsilon : 0.0;
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "masked_perturb_cuda", [&] {
-    masked_perturb_kernel<scalar_t><<<blocks_for(total), kThreads, 0, stream>>>(
-        x.data_ptr<scalar_t>(), delta.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(),
-        budget.data_ptr<scalar_t>(), total, C, HW, static_cast<scalar_t>(ratio),
-        static_cast<scalar_t>(low), static_cast<scalar_t>(high));
+    const auto launch = [&](auto index) {
+      using Index = decltype(index);
+      masked_perturb_kernel<scalar_t, Index><<<blocks_for(total), kThreads, 0, stream>>>(
+          x.data_ptr<scalar_t>(), delta.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(),
+          budget.data_ptr<scalar_t>(), static_cast<Index>(total), static_cast<Index>(C),
+          static_cast<Index>(HW), static_cast<scalar_t>(ratio), static_cast<scalar_t>(low),
+          static_cast<scalar_t>(high));
+    };
+    if (fits_int32(total)) launch(int32_t(0)); else launch(int64_t(0));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
@@ -81,10 +93,14 @@ at::Tensor masked_random_fill_cuda(const at::Tensor& x, const at::Tensor& mask,
   at::Tensor high = std::get<1>(range).contiguous();
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "masked_random_fill_cuda", [&] {
-    masked_random_fill_kernel<scalar_t><<<blocks_for(total), kThreads, 0, stream>>>(
-        x.data_ptr<scalar_t>(), mask.data_ptr<bool>(), noise.data_ptr<scalar_t>(),
-        low.data_ptr<scalar_t>(), high.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), total, C,
-        HW);
+    const auto launch = [&](auto index) {
+      using Index = decltype(index);
+      masked_random_fill_kernel<scalar_t, Index><<<blocks_for(total), kThreads, 0, stream>>>(
+          x.data_ptr<scalar_t>(), mask.data_ptr<bool>(), noise.data_ptr<scalar_t>(),
+          low.data_ptr<scalar_t>(), high.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
+          static_cast<Index>(total), static_cast<Index>(C), static_cast<Index>(HW));
+    };
+    if (fits_int32(total)) launch(int32_t(0)); else launch(int64_t(0));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;

@@ -1,5 +1,7 @@
-// CUDA implementation of perturbation_curve: one grid-stride kernel over every output element
-// (64-bit indices), launched on the current stream with a checked launch and no host sync.
+// CUDA implementation of perturbation_curve: one grid-stride kernel over every output element,
+// launched on the current stream with a checked launch and no host sync. Its index arithmetic
+// is 32-bit when the output has fewer than 2^31 elements (a 64-bit division is a long
+// emulated sequence on the GPU), else 64-bit.
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
@@ -7,6 +9,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <limits>
 
 #include "perturbation_curve.h"
 
@@ -15,22 +19,22 @@ namespace {
 
 constexpr int kThreads = 256;
 
-template <typename T>
+template <typename T, typename Index>
 __global__ void perturbation_curve_kernel(const T* __restrict__ start,
                                           const T* __restrict__ finish,
                                           const int64_t* __restrict__ ranks,
                                           const int64_t* __restrict__ counts,
-                                          T* __restrict__ out, int64_t S, int64_t C, int64_t HW,
-                                          int64_t total) {
-  const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+                                          T* __restrict__ out, Index S, Index C, Index HW,
+                                          Index total) {
+  const Index stride = static_cast<Index>(blockDim.x) * gridDim.x;
+  for (Index i = static_cast<Index>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
        i += stride) {
     // out is (B, S, C, HW): unravel i into (b, s, c, p).
-    const int64_t p = i % HW;
-    const int64_t c = (i / HW) % C;
-    const int64_t s = (i / (HW * C)) % S;
-    const int64_t b = i / (HW * C * S);
-    const int64_t src = (b * C + c) * HW + p;
+    const Index p = i % HW;
+    const Index c = (i / HW) % C;
+    const Index s = (i / (HW * C)) % S;
+    const Index b = i / (HW * C * S);
+    const Index src = (b * C + c) * HW + p;
     out[i] = curve::curve_value(start[src], finish[src], ranks[b * HW + p], counts[s]);
   }
 }
@@ -49,9 +53,17 @@ at::Tensor perturbation_curve_cuda(const at::Tensor& start, const at::Tensor& fi
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, start.scalar_type(),
                                   "perturbation_curve_cuda", [&] {
-    perturbation_curve_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
-        start.data_ptr<scalar_t>(), finish.data_ptr<scalar_t>(), ranks.data_ptr<int64_t>(),
-        counts.data_ptr<int64_t>(), out.data_ptr<scalar_t>(), S, C, H * W, total);
+    // 32-bit when every index, and the grid-stride step past the last one, fits in int32.
+    if (total <= std::numeric_limits<int32_t>::max() - int64_t(65535) * kThreads) {
+      perturbation_curve_kernel<scalar_t, int32_t><<<blocks, kThreads, 0, stream>>>(
+          start.data_ptr<scalar_t>(), finish.data_ptr<scalar_t>(), ranks.data_ptr<int64_t>(),
+          counts.data_ptr<int64_t>(), out.data_ptr<scalar_t>(), static_cast<int32_t>(S),
+          static_cast<int32_t>(C), static_cast<int32_t>(H * W), static_cast<int32_t>(total));
+    } else {
+      perturbation_curve_kernel<scalar_t, int64_t><<<blocks, kThreads, 0, stream>>>(
+          start.data_ptr<scalar_t>(), finish.data_ptr<scalar_t>(), ranks.data_ptr<int64_t>(),
+          counts.data_ptr<int64_t>(), out.data_ptr<scalar_t>(), S, C, H * W, total);
+    }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;

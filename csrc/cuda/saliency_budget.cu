@@ -82,11 +82,11 @@ __global__ void threshold_budget_kernel(const T* __restrict__ saliency, T* __res
 template <typename T>
 __global__ void inverse_budget_kernel(const int64_t* __restrict__ order,
                                       const int64_t* __restrict__ first, T* __restrict__ out,
-                                      int64_t total, int64_t n, T epsilon, T gamma) {
+                                      int64_t total, int64_t n, double epsilon, double gamma) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(blockDim.x) * gridDim.x) {
     const int64_t image = i / n;
-    out[image * n + order[i]] = budget::inverse_budget(first[i], n, epsilon, gamma);
+    out[image * n + order[i]] = budget::inverse_budget<T>(first[i], n, epsilon, gamma);
   }
 }
 
@@ -112,7 +112,7 @@ at::Tensor inverse_budget_cuda(const at::Tensor& saliency, int64_t B, int64_t n,
   AT_DISPATCH_FLOATING_TYPES(saliency.scalar_type(), "inverse_budget_cuda", [&] {
     inverse_budget_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
         order.data_ptr<int64_t>(), first.data_ptr<int64_t>(), out.data_ptr<scalar_t>(), total, n,
-        static_cast<scalar_t>(epsilon), static_cast<scalar_t>(gamma));
+        epsilon, gamma);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
@@ -125,7 +125,7 @@ at::Tensor saliency_budget_cuda(const at::Tensor& saliency, c10::string_view mod
   c10::cuda::CUDAGuard guard(saliency.device());
   const int64_t B = saliency.size(0), n = saliency.size(1) * saliency.size(2);
   if (B == 0 || n == 0) return at::empty_like(saliency);
-  if (mode == budget::Mode::kUniform) return at::full_like(saliency, epsilon);
+  if (budget::is_everything(mode, rho)) return at::full_like(saliency, epsilon);
   if (mode == budget::Mode::kInverse) return inverse_budget_cuda(saliency, B, n, epsilon, gamma);
   TORCH_CHECK(B <= 2147483647LL, "saliency has too many images for one launch: ", B);
   at::Tensor out = at::empty_like(saliency);

@@ -76,22 +76,42 @@ class SAMPResult:
         return sum(path.model_calls for path in self.paths.values())
 
 
+class _CudaCalls:
+    """The CUDA calls _HostCounts makes (its tests substitute a recorder)."""
+
+    device = staticmethod(torch.cuda.device)
+    current_stream = staticmethod(torch.cuda.current_stream)
+    Event = staticmethod(torch.cuda.Event)
+
+    @staticmethod
+    def pinned_like(tensor: Tensor) -> Tensor:
+        return torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+
+
 class _HostCounts:
     """The host's view of each image's active-pixel count, used to drop converged images.
 
     On CPU it is the count tensor itself (no copy). On CUDA it is a pinned copy taken without
     blocking and read one step later, so the loop never waits for the device; an image that
     has just converged costs at most two extra (no-op) batched model calls.
+
+    Everything CUDA runs under a guard of ``count``'s device: the non-blocking copy runs on that
+    device's current stream, so the event that says it has landed is recorded there too (an
+    event on the current device's stream would not wait for it when the inputs live on another
+    GPU), and no CUDA context is created on the current device. ``cuda`` is the torch.cuda-like
+    namespace used (``device``, ``current_stream``, ``Event``, ``pinned_like``).
     """
 
-    def __init__(self, count: Tensor):
+    def __init__(self, count: Tensor, cuda=_CudaCalls):
         self.count = count
         self.on_cpu = count.device.type == "cpu"
         if self.on_cpu:
             self.count_view = count.numpy()  # shares memory: no copy or tensor op per step
         else:
-            self.buffers = [torch.empty_like(count, device="cpu").pin_memory() for _ in range(2)]
-            self.events = [torch.cuda.Event(), torch.cuda.Event()]
+            self.cuda = cuda
+            with cuda.device(count.device):  # pinning and events on count's device
+                self.buffers = [cuda.pinned_like(count) for _ in range(2)]
+                self.events = [cuda.Event(), cuda.Event()]
             self.latest = None
             self.snapshot()
             self.snapshot()
@@ -101,8 +121,9 @@ class _HostCounts:
         if self.on_cpu:
             return
         slot = 0 if self.latest is None else 1 - self.latest
-        self.buffers[slot].copy_(self.count, non_blocking=True)
-        self.events[slot].record()
+        with self.cuda.device(self.count.device):
+            self.buffers[slot].copy_(self.count, non_blocking=True)
+            self.events[slot].record(self.cuda.current_stream(self.count.device))
         self.latest = slot
 
     def live(self) -> np.ndarray:
@@ -122,7 +143,9 @@ class SAMP(AttributionMethod):
     ``momentum`` (weight of the new gradient; None = off), ``paths``, the two references
     ("zeros", "blur" or tensors), ``score`` ("logit", "probability", "log_probability"),
     ``reduction`` ("sum" or "norm"), ``normalize`` (final per-image min–max), ``ties``
-    ("include" or "exact"), ``max_steps`` (per path; exceeding it raises).
+    ("include" or "exact"), ``tie_tolerance`` (with ties "include": pixels whose projection
+    lies within it of the k-th value move too; 0.0 = the paper's top-k, 1e-6 reproduces the
+    published benchmark code), ``max_steps`` (per path; exceeding it raises).
 
     Inputs may be float16/bfloat16 (the model runs in that dtype; the path is kept in float32 and
     the maps are float32), float32 or float64.
@@ -144,6 +167,7 @@ class SAMP(AttributionMethod):
         normalize: bool = True,
         ties: str = "include",
         max_steps: Optional[int] = None,
+        tie_tolerance: float = 0.0,
     ):
         super().__init__(model)
         self.pixels_per_step = _check_pixels_per_step(pixels_per_step)
@@ -156,6 +180,11 @@ class SAMP(AttributionMethod):
             raise ValueError(f"paths must be a non-empty subset of {PATHS}, got {paths!r}")
         if ties not in TIES:
             raise ValueError(f"ties must be one of {TIES}, got {ties!r}")
+        if isinstance(tie_tolerance, bool) or not isinstance(tie_tolerance, (int, float)) \
+                or not 0.0 <= tie_tolerance < math.inf:
+            raise ValueError(f"tie_tolerance must be a finite number >= 0, got {tie_tolerance!r}")
+        if tie_tolerance > 0 and ties == "exact":
+            raise ValueError("tie_tolerance > 0 moves extra pixels; it cannot be combined with ties='exact'")
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
         if max_steps is not None and (not isinstance(max_steps, int) or max_steps < 1):
@@ -170,6 +199,7 @@ class SAMP(AttributionMethod):
         self.reduction = reduction
         self.normalize = normalize
         self.ties = ties
+        self.tie_tolerance = float(tie_tolerance)
         self.max_steps = max_steps
 
     @classmethod
@@ -228,7 +258,7 @@ class SAMP(AttributionMethod):
                   model_dtype: torch.dtype) -> PathResult:
         start, end = (reference, inputs) if insertion else (inputs, reference)
         k = resolve_pixels_per_step(self.pixels_per_step, inputs.shape[-2], inputs.shape[-1])
-        state = _PathState(start, end, self.n_frag, k, insertion, self.ties == "exact")
+        state = _PathState(start, end, self.n_frag, k, insertion, self.ties == "exact", self.tie_tolerance)
         max_steps = self.max_steps or default_max_steps(inputs.shape[-2] * inputs.shape[-1], k, self.n_frag)
         counts = _HostCounts(state.active_count)
         model, score = self.model, self.score
@@ -282,7 +312,7 @@ class _PathState:
     (s, the direction, the tie policy), converted once for the op."""
 
     def __init__(self, start: Tensor, end: Tensor, n_frag: Optional[int], k: int, insertion: bool,
-                 exact_ties: bool):
+                 exact_ties: bool, tie_tolerance: float = 0.0):
         batch, _, height, width = start.shape
         self.point = start.clone().contiguous()
         self.end = end.contiguous()
@@ -295,6 +325,7 @@ class _PathState:
         self.bound = distance / n_frag if n_frag else torch.full_like(distance, math.inf)
         self.kernel = ops.samp_step_kernel(self.point)
         self.k, self.insertion, self.exact_ties = int(k), bool(insertion), bool(exact_ties)
+        self.tie_tolerance = float(tie_tolerance)
 
     def step(self, grad: Tensor, rows: Tensor, momentum: float) -> None:
         """One step for the images ``rows``, whose gradient is ``grad``; ``momentum`` a float."""
@@ -303,6 +334,7 @@ class _PathState:
         self.kernel(
             self.point, self.end, grad, self.grad_avg, self.attribution, self.active, self.active_count,
             self.step_count, rows, self.bound, self.k, momentum, self.insertion, self.exact_ties, ATOL, RTOL,
+            self.tie_tolerance,
         )
 
 

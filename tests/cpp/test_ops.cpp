@@ -26,7 +26,7 @@ void test_samp_step_moves_the_lowest_projection() {
                 .findSchemaOrThrow("saliency_fast::samp_step", "")
                 .typed<void(at::Tensor, const at::Tensor&, const at::Tensor&, at::Tensor, at::Tensor,
                             at::Tensor, at::Tensor, at::Tensor, const at::Tensor&, const at::Tensor&,
-                            int64_t, double, bool, bool, double, double)>();
+                            int64_t, double, bool, bool, double, double, double)>();
   auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
   auto point = torch::tensor({1.0, 2.0, 3.0, 4.0}, f64).view({1, 1, 2, 2});
   auto end = torch::zeros({1, 1, 2, 2}, f64);
@@ -40,7 +40,7 @@ void test_samp_step_moves_the_lowest_projection() {
   auto rows = torch::zeros({1}, torch::kLong);
   auto bound = torch::full({1}, std::numeric_limits<double>::infinity(), f64);
   op.call(point, end, grad, grad_avg, attribution, active, count, steps, rows, bound, 1, 1.0, false,
-          false, 1e-8, 1e-5);
+          false, 1e-8, 1e-5, 0.0);
   expect(point.view(-1)[3].item<double>() == 0.0, "the chosen pixel lands on its end value");
   expect(point.view(-1)[0].item<double>() == 1.0, "other pixels stay");
   expect(attribution.view(-1)[3].item<double>() == -4.0, "attribution += proj");
@@ -51,7 +51,7 @@ void test_samp_step_moves_the_lowest_projection() {
   // IC: next, pixel 1 (proj −2, |delta| = 2) is chosen; bound 1 moves it half way, 2 → 1.
   bound.fill_(1.0);
   op.call(point, end, grad, grad_avg, attribution, active, count, steps, rows, bound, 1, 1.0, false,
-          false, 1e-8, 1e-5);
+          false, 1e-8, 1e-5, 0.0);
   expect(point.view(-1)[1].item<double>() == 1.0, "IC scales the move to the bound");
   expect(attribution.view(-1)[1].item<double>() == -1.0, "attribution += scale · proj");
   expect(active.view(-1)[1].item<bool>() && count.item<int64_t>() == 3, "a partial move stays active");
