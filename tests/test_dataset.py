@@ -69,7 +69,8 @@ def test_maps_match_the_method_in_dataset_order(model, images, tmp_path):
 
 def test_every_method_name_runs(model, images, tmp_path):
     options = {"samp": {"pixels_per_step": 64}, "samp++": {"pixels_per_step": 64, "n_frag": 4}, "ig": {"n_steps": 4},
-               "smoothgrad": {"n_samples": 2}, "guidedig": {"x_steps": 4}}
+               "smoothgrad": {"n_samples": 2}, "guidedig": {"x_steps": 4}, "rise": {"n_masks": 8},
+               "lime": {"n_samples": 8}, "xrai": {"steps": 4}, "blurig": {"steps": 4}}
     for name in METHOD_NAMES:
         run(model, images[:2], tmp_path / name, method=name, method_options=options.get(name, {}))
         maps = load_attributions(tmp_path / name)

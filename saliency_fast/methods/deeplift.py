@@ -1,0 +1,169 @@
+"""DeepLIFT with the rescale rule (Shrikumar et al., ICML 2017), as Captum's ``DeepLift``.
+
+Every nonlinearity module (ReLU, ELU, LeakyReLU, Sigmoid, Tanh, Softplus) passes back
+grad · Δout / Δin instead of its derivative, where Δ is the difference between the input's and
+the reference's activations; max-pooling passes grad · Δout back to the input's and the
+reference's argmax positions, divided by Δin. Where |Δin| < eps the ordinary gradient is used.
+The attribution is (x − x') ⊙ (the modified gradient). Linear layers (conv, linear, BatchNorm
+in eval mode, average pooling) keep their gradient: their multipliers are exact.
+
+The reference activations are computed in a forward pass without autograd (for one image only
+when the baseline is shared by the whole batch, e.g. the zero default), so the backward pass
+runs on the inputs only, not on the concatenated [inputs, baselines] batch as Captum's does.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from .._common import reduce_channels as _reduce, score_outputs
+from ..references import Reference
+from ._base import PathAttributionMethod
+
+# The modules Captum's DeepLift applies the rescale rule to (its Softmax rule averages over the
+# whole batch, so Softmax modules keep their ordinary gradient here).
+RESCALE_MODULES = (nn.ReLU, nn.ELU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.Softplus)
+MAXPOOL_MODULES = {nn.MaxPool1d: F.max_pool1d, nn.MaxPool2d: F.max_pool2d, nn.MaxPool3d: F.max_pool3d}
+
+
+def _rescale(inp: Tensor, out: Tensor, inp_ref: Tensor, out_ref: Tensor, eps: float) -> Tensor:
+    """``out`` with the rescale rule's gradient Δout/Δin w.r.t. ``inp`` (the module's own
+    gradient where |Δin| < eps). The value is ``out`` exactly."""
+    delta_in = inp - inp_ref
+    small = delta_in.abs() < eps
+    multiplier = ((out - out_ref) / torch.where(small, torch.ones_like(delta_in), delta_in)).detach()
+    linear = inp * multiplier
+    rescaled = out.detach() + (linear - linear.detach())
+    return torch.where(small, out, rescaled)
+
+
+class _MaxPoolRule(torch.autograd.Function):
+    """Captum's DeepLift max-pooling rule, with the unpooling summed where windows overlap."""
+
+    @staticmethod
+    def forward(ctx, inp, out, delta_in, indices, indices_ref, delta_max, delta_rest, eps):
+        ctx.save_for_backward(delta_in, indices, indices_ref, delta_max, delta_rest)
+        ctx.eps = eps
+        return out.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        delta_in, indices, indices_ref, delta_max, delta_rest = ctx.saved_tensors
+
+        def unpool(values: Tensor, where: Tensor) -> Tensor:
+            flat = torch.zeros(delta_in.shape[:2] + (delta_in[0, 0].numel(),), dtype=grad.dtype, device=grad.device)
+            return flat.scatter_add_(2, where.flatten(2), values.flatten(2)).view_as(delta_in)
+
+        ordinary = unpool(grad, indices)
+        rescaled = (unpool(grad * delta_max, indices) + unpool(grad * delta_rest, indices_ref)) / torch.where(
+            delta_in.abs() < ctx.eps, torch.ones_like(delta_in), delta_in
+        )
+        return torch.where(delta_in.abs() < ctx.eps, ordinary, rescaled), None, None, None, None, None, None, None
+
+
+class DeepLift(PathAttributionMethod):
+    """DeepLIFT, rescale rule (Shrikumar et al., "Learning Important Features Through
+    Propagating Activation Differences", ICML 2017); equals Captum's ``DeepLift``.
+
+    Args:
+        baseline: the reference x': "zeros" (default, as Captum), "blur" (the SAMP blur) or a
+            tensor broadcastable to the inputs.
+        eps: |Δin| below which a unit keeps its ordinary gradient (Captum's default 1e-10).
+        blur_kernel, blur_sigma: the blur baseline's kernel size and σ.
+
+    The (B, C, H, W) attributions (``reduce_channels=False``) sum to f_c(x) − f_c(x') (the
+    summation-to-delta property). Like Captum, only nonlinearities that are modules get the
+    rule (a ``torch.relu`` call inside ``forward`` keeps its gradient). Unlike Captum, a module
+    used more than once in a forward pass is supported, and overlapping max-pool windows sum
+    their contributions (Captum's unpooling keeps one).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        baseline: Reference = "zeros",
+        eps: float = 1e-10,
+        blur_kernel: Optional[int] = None,
+        blur_sigma: float = 5.0,
+    ):
+        super().__init__(model)
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"DeepLift needs an nn.Module (its layers get the rescale rule), got {type(model).__name__}")
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
+            raise ValueError(f"eps must be a number >= 0, got {eps!r}")
+        self.eps = float(eps)
+        self.baseline = baseline
+        self.blur_kernel = blur_kernel
+        self.blur_sigma = blur_sigma
+
+    def _forward(self, x: Tensor) -> Tensor:
+        return self.model(x)
+
+    def _rule_modules(self):
+        return [m for m in self.model.modules() if isinstance(m, RESCALE_MODULES) or type(m) in MAXPOOL_MODULES]
+
+    def _reference_activations(self, baseline: Tensor) -> dict:
+        """Each rule module's (input, output) per call, on the baseline, without autograd."""
+        recorded = {}
+
+        def record(module, args, output):
+            recorded.setdefault(module, []).append((args[0].detach().clone(), output.detach()))
+
+        def before(module, args):  # in-place activations overwrite their input: keep a copy
+            return (args[0].clone(),) if getattr(module, "inplace", False) else None
+
+        handles = [h for m in self._rule_modules() for h in (m.register_forward_pre_hook(before),
+                                                              m.register_forward_hook(record))]
+        try:
+            with torch.no_grad():
+                self._forward(baseline)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return recorded
+
+    def _attribute(self, inputs: Tensor, target: Tensor, reduce_channels: bool = True) -> Tensor:
+        baseline = self.baseline_for(inputs)
+        shared = bool((baseline == baseline[:1]).all())  # one reference image serves the batch
+        reference = self._reference_activations(baseline[:1] if shared else baseline)
+        calls = {module: iter(records) for module, records in reference.items()}
+        saved_inputs = {}
+
+        def before(module, args):
+            saved_inputs[module] = args[0]
+            return (args[0].clone(),) if getattr(module, "inplace", False) else None
+
+        def apply_rule(module, args, output):
+            try:
+                inp_ref, out_ref = next(calls[module])
+            except (KeyError, StopIteration):
+                raise RuntimeError(
+                    f"DeepLift: module {module} ran more often on the inputs than on the baseline; the "
+                    "model's forward must run the same modules for every input"
+                ) from None
+            inp = saved_inputs.pop(module)
+            if isinstance(module, RESCALE_MODULES):
+                return _rescale(inp, output, inp_ref, out_ref, self.eps)
+            pool = MAXPOOL_MODULES[type(module)]
+            params = (module.kernel_size, module.stride, module.padding, module.dilation, module.ceil_mode)
+            _, indices = pool(inp.detach(), *params, return_indices=True)
+            _, indices_ref = pool(inp_ref, *params, return_indices=True)
+            out_max = torch.maximum(output.detach(), out_ref)
+            delta_in = inp.detach() - inp_ref
+            return _MaxPoolRule.apply(inp, output, delta_in, indices, indices_ref.expand_as(indices), out_max - out_ref,
+                                      output.detach() - out_max, self.eps)
+
+        handles = [h for m in self._rule_modules() for h in (m.register_forward_pre_hook(before),
+                                                              m.register_forward_hook(apply_rule))]
+        try:
+            with torch.enable_grad():
+                x = inputs.detach().requires_grad_(True)
+                scores = score_outputs(self._forward(x), target)
+                (grad,) = torch.autograd.grad(scores.sum(), x)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return _reduce((inputs - baseline) * grad, reduce_channels)
