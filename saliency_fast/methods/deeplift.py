@@ -109,11 +109,12 @@ class DeepLift(PathAttributionMethod):
         """Each rule module's (input, output) per call, on the baseline, without autograd."""
         recorded = {}
 
-        def record(module, args, output):
-            recorded.setdefault(module, []).append((args[0].detach().clone(), output.detach()))
+        def before(module, args):  # kept before the module runs: in-place activations overwrite it
+            recorded.setdefault(module, []).append([args[0].detach().clone()])
+            return (args[0].clone(),) if getattr(module, "inplace", False) else None  # spare the caller's tensor
 
-        def before(module, args):  # in-place activations overwrite their input: keep a copy
-            return (args[0].clone(),) if getattr(module, "inplace", False) else None
+        def record(module, args, output):
+            recorded[module][-1].append(output.detach())
 
         handles = [h for m in self._rule_modules() for h in (m.register_forward_pre_hook(before),
                                                               m.register_forward_hook(record))]
