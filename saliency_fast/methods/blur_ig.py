@@ -7,8 +7,9 @@ The path runs from the input blurred with σ = max_sigma back to the input (σ =
 σ_i = i · max_sigma / steps (or its square root spacing), ∂/∂σ a forward difference of step
 ``grad_step``, as PAIR. The blur is SciPy's ``gaussian_filter`` with mode "constant" (zero
 padding, truncate 4.0), written as one (H × H) and one (W × W) matrix per σ, so the blurred
-path points of every image and step come from two batched matrix products; the gradient
-evaluations stream in passes of bounded size like Integrated Gradients'.
+path points of every image and step come from two batched matrix products (in float64 whatever
+the inputs' dtype: the σ derivative is a difference quotient); the gradient evaluations stream in
+passes of bounded size like Integrated Gradients'.
 """
 from __future__ import annotations
 
@@ -98,7 +99,10 @@ class BlurIG(AttributionMethod):
         sigmas = self.sigmas()
         step_sizes = (sigmas[1:] - sigmas[:-1]).to(dtype=inputs.dtype, device=inputs.device)
         points_sigmas = sigmas[:-1]
-        options = {"dtype": inputs.dtype, "device": inputs.device}
+        # The σ derivative is a difference of two blurs divided by grad_step: in float32 it would
+        # lose about two of its seven digits, so the blurs are computed in float64 (PAIR's dtype).
+        exact = inputs.to(torch.float64)
+        options = {"dtype": torch.float64, "device": inputs.device}
         steps = repeats_per_pass(self.internal_batch_size, inputs, self.steps)
         targets = target.repeat(steps)
         total = torch.zeros_like(inputs)
@@ -108,9 +112,10 @@ class BlurIG(AttributionMethod):
             both = torch.cat([chunk, chunk + self.grad_step])
             rows = gaussian_filter_matrices(both, height).to(**options)
             columns = rows if height == width else gaussian_filter_matrices(both, width).to(**options)
-            blurred = self._blur(inputs, rows, columns)
+            blurred = self._blur(exact, rows, columns)
             points, further = blurred[:count], blurred[count:]
-            sigma_gradient = (further - points) / self.grad_step
+            sigma_gradient = ((further - points) / self.grad_step).to(inputs.dtype)
+            points = points.to(inputs.dtype)
             grad, _ = input_gradient(self.model, points.reshape(count * batch, *inputs.shape[1:]),
                                      targets[: count * batch])
             total -= torch.einsum("s,sbchw->bchw", step_sizes[start : start + count],
