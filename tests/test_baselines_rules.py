@@ -254,3 +254,25 @@ def test_deeplift_bad_arguments_are_named(inputs):
     inputs[0, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="inputs contains NaN"):
         sf.DeepLift(model).attribute(inputs)
+
+
+# ---------------------------------------------------------------- devices
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_new_baselines_agree_between_cpu_and_cuda(digits):
+    pytest.importorskip("skimage")
+    model, images, target = digits
+    methods = {
+        "lrp": lambda m: sf.LRP(m),
+        "deeplift": lambda m: sf.DeepLift(m),
+        "rise": lambda m: sf.RISE(m, n_masks=50),
+        "lime": lambda m: sf.LIME(m, n_samples=20),
+        "xrai": lambda m: sf.XRAI(m, steps=6),
+        "blurig": lambda m: sf.BlurIG(m, steps=8),
+    }
+    cuda_model = sf.models.digits_cnn().double().cuda()
+    for name, make in methods.items():
+        cpu = make(model).attribute(images, target)
+        gpu = make(cuda_model).attribute(images.cuda(), target.cuda())
+        assert relative_error(gpu.cpu(), cpu) <= 1e-8, name

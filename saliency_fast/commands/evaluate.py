@@ -20,7 +20,8 @@ from ..methods import SAMP, IntegratedGradients
 from .attribute import load_model, parse_options
 from .explain import load_images
 
-DEFAULT_METHODS = ("saliency", "inputxgradient", "smoothgrad", "ig", "gradcam", "guidedig", "samp", "samp++")
+DEFAULT_METHODS = ("saliency", "inputxgradient", "smoothgrad", "ig", "lrp", "deeplift", "gradcam", "rise", "lime",
+                   "xrai", "blurig", "guidedig", "samp", "samp++")
 
 
 def add_parser(subparsers) -> None:
