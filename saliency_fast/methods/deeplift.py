@@ -29,39 +29,76 @@ RESCALE_MODULES = (nn.ReLU, nn.ELU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.Softpl
 MAXPOOL_MODULES = {nn.MaxPool1d: F.max_pool1d, nn.MaxPool2d: F.max_pool2d, nn.MaxPool3d: F.max_pool3d}
 
 
-def _rescale(inp: Tensor, out: Tensor, inp_ref: Tensor, out_ref: Tensor, eps: float) -> Tensor:
-    """``out`` with the rescale rule's gradient Δout/Δin w.r.t. ``inp`` (the module's own
-    gradient where |Δin| < eps). The value is ``out`` exactly."""
-    delta_in = inp - inp_ref
-    small = delta_in.abs() < eps
-    multiplier = ((out - out_ref) / torch.where(small, torch.ones_like(delta_in), delta_in)).detach()
-    linear = inp * multiplier
-    rescaled = out.detach() + (linear - linear.detach())
-    return torch.where(small, out, rescaled)
+def _pool_parameters(module: nn.Module) -> tuple:
+    return module.kernel_size, module.stride, module.padding, module.dilation, module.ceil_mode
+
+
+class _Multiplier(torch.autograd.Function):
+    """Returns ``out``; the backward hands ``inp`` the incoming gradient times ``multiplier``."""
+
+    @staticmethod
+    def forward(ctx, inp, out, multiplier):
+        ctx.save_for_backward(multiplier)
+        return out.clone()  # not a view: the model may modify it in place
+
+    @staticmethod
+    def backward(ctx, grad):
+        (multiplier,) = ctx.saved_tensors
+        return grad * multiplier, None, None
+
+
+def _derivative(module: nn.Module, inp: Tensor) -> Tensor:
+    """The elementwise derivative f'(inp) of a ``RESCALE_MODULES`` activation (ReLU in closed
+    form; the others by autograd through ``module.forward``, which runs no hooks)."""
+    if isinstance(module, nn.ReLU):
+        return (inp > 0).to(inp.dtype)  # ReLU's backward: 0 at 0
+    with torch.enable_grad():
+        x = inp.detach().clone().requires_grad_(True)
+        y = module.forward(x)
+        (derivative,) = torch.autograd.grad(y, x, torch.ones_like(y))
+    return derivative
+
+
+def _rescale(module: nn.Module, inp: Tensor, out: Tensor, inp_ref: Tensor, out_ref: Tensor, eps: float) -> Tensor:
+    """``out`` with the rescale rule's gradient Δout/Δin w.r.t. ``inp``, or the module's own
+    derivative where |Δin| < eps (Captum's rule). The value is ``out`` exactly."""
+    with torch.no_grad():
+        delta_in = inp - inp_ref
+        small = delta_in.abs() < eps
+        if bool(small.any()):
+            multiplier = torch.where(small, _derivative(module, inp),
+                                     (out - out_ref) / torch.where(small, 1.0, delta_in))
+        else:
+            multiplier = (out - out_ref) / delta_in
+    return _Multiplier.apply(inp, out, multiplier)
 
 
 class _MaxPoolRule(torch.autograd.Function):
-    """Captum's DeepLift max-pooling rule, with the unpooling summed where windows overlap."""
+    """Captum's DeepLift max-pooling rule: grad · Δout goes back to the argmax of the input's
+    and the reference's windows (max(out, out') − out' and out − max(out, out')), over Δin; the
+    ordinary gradient where |Δin| < eps. Overlapping windows sum (Captum's unpooling keeps one)."""
 
     @staticmethod
-    def forward(ctx, inp, out, delta_in, indices, indices_ref, delta_max, delta_rest, eps):
-        ctx.save_for_backward(delta_in, indices, indices_ref, delta_max, delta_rest)
+    def forward(ctx, inp, out, delta_in, indices, delta_max, delta_rest, eps):
+        ctx.save_for_backward(delta_in, indices, delta_max, delta_rest)
         ctx.eps = eps
         return out.clone()
 
     @staticmethod
     def backward(ctx, grad):
-        delta_in, indices, indices_ref, delta_max, delta_rest = ctx.saved_tensors
+        delta_in, indices, delta_max, delta_rest = ctx.saved_tensors  # indices: input's, then reference's
 
         def unpool(values: Tensor, where: Tensor) -> Tensor:
             flat = torch.zeros(delta_in.shape[:2] + (delta_in[0, 0].numel(),), dtype=grad.dtype, device=grad.device)
             return flat.scatter_add_(2, where.flatten(2), values.flatten(2)).view_as(delta_in)
 
-        ordinary = unpool(grad, indices)
-        rescaled = (unpool(grad * delta_max, indices) + unpool(grad * delta_rest, indices_ref)) / torch.where(
-            delta_in.abs() < ctx.eps, torch.ones_like(delta_in), delta_in
-        )
-        return torch.where(delta_in.abs() < ctx.eps, ordinary, rescaled), None, None, None, None, None, None, None
+        contributions = torch.cat([(grad * delta_max).flatten(2), (grad * delta_rest).flatten(2)], dim=2)
+        small = delta_in.abs() < ctx.eps
+        rescaled = unpool(contributions, indices) / torch.where(small, 1.0, delta_in)
+        if bool(small.any()):
+            ordinary = unpool(grad, indices[..., : grad[0, 0].numel()])
+            rescaled = torch.where(small, ordinary, rescaled)
+        return rescaled, None, None, None, None, None, None
 
 
 class DeepLift(PathAttributionMethod):
@@ -115,6 +152,10 @@ class DeepLift(PathAttributionMethod):
 
         def record(module, args, output):
             recorded[module][-1].append(output.detach())
+            if type(module) in MAXPOOL_MODULES:  # the reference's argmax, computed once
+                inp_ref = recorded[module][-1][0]
+                _, indices = MAXPOOL_MODULES[type(module)](inp_ref, *_pool_parameters(module), return_indices=True)
+                recorded[module][-1].append(indices)
 
         handles = [h for m in self._rule_modules() for h in (m.register_forward_pre_hook(before),
                                                               m.register_forward_hook(record))]
@@ -139,7 +180,7 @@ class DeepLift(PathAttributionMethod):
 
         def apply_rule(module, args, output):
             try:
-                inp_ref, out_ref = next(calls[module])
+                inp_ref, out_ref, *indices_ref = next(calls[module])
             except (KeyError, StopIteration):
                 raise RuntimeError(
                     f"DeepLift: module {module} ran more often on the inputs than on the baseline; the "
@@ -147,14 +188,11 @@ class DeepLift(PathAttributionMethod):
                 ) from None
             inp = saved_inputs.pop(module)
             if isinstance(module, RESCALE_MODULES):
-                return _rescale(inp, output, inp_ref, out_ref, self.eps)
-            pool = MAXPOOL_MODULES[type(module)]
-            params = (module.kernel_size, module.stride, module.padding, module.dilation, module.ceil_mode)
-            _, indices = pool(inp.detach(), *params, return_indices=True)
-            _, indices_ref = pool(inp_ref, *params, return_indices=True)
+                return _rescale(module, inp, output, inp_ref, out_ref, self.eps)
+            _, indices = MAXPOOL_MODULES[type(module)](inp.detach(), *_pool_parameters(module), return_indices=True)
+            both = torch.cat([indices.flatten(2), indices_ref[0].expand_as(indices).flatten(2)], dim=2)
             out_max = torch.maximum(output.detach(), out_ref)
-            delta_in = inp.detach() - inp_ref
-            return _MaxPoolRule.apply(inp, output, delta_in, indices, indices_ref.expand_as(indices), out_max - out_ref,
+            return _MaxPoolRule.apply(inp, output, inp.detach() - inp_ref, both, out_max - out_ref,
                                       output.detach() - out_max, self.eps)
 
         handles = [h for m in self._rule_modules() for h in (m.register_forward_pre_hook(before),
