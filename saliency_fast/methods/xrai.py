@@ -12,11 +12,12 @@ the highest attribution density, as PAIR ``saliency``'s ``XRAI`` with its defaul
    mean. Pixels no mask covers get the mean attribution over them.
 
 The IG gradients of every image and both baselines stream through the model in shared passes;
-the segmentation runs per image on the CPU (scikit-image); the greedy selection runs for the
-whole batch at once, each iteration two matrix products over all images' masks.
+the segmentation runs per image on the CPU (scikit-image) in a thread, alongside the IG; the
+greedy selection runs for the whole batch at once, one batched matrix product an iteration.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
 import numpy as np
@@ -165,8 +166,12 @@ class XRAI(AttributionMethod):
 
     def _attribute(self, inputs: Tensor, target: Tensor) -> Tensor:
         batch, _, height, width = inputs.shape
-        attr = self.base_attribution(inputs, target).reshape(batch, -1)
-        per_image = self.segments(inputs)
+        # The segmentation (CPU, scikit-image) runs in a thread while the model computes the IG:
+        # torch releases the GIL inside its kernels, so the two overlap.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            segmenting = pool.submit(self.segments, inputs)
+            attr = self.base_attribution(inputs, target).reshape(batch, -1)
+            per_image = segmenting.result()
         most = max(len(masks) for masks in per_image)
         masks = torch.zeros(batch, most, height * width, dtype=torch.bool)
         valid = torch.zeros(batch, most, dtype=torch.bool)
