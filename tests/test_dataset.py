@@ -312,7 +312,7 @@ def test_make_method_and_bad_arguments(model, images, tmp_path):
     assert make_method("samp++", model).n_frag == 50
     assert method_parameters("gradcam", model)["layer"] == DigitsCNN.GRADCAM_LAYER
     with pytest.raises(ValueError, match="method must be one of"):
-        make_method("lime", model)
+        make_method("occlusion", model)
     with pytest.raises(ValueError, match="has no option.*n_step"):
         run(model, images, tmp_path, method="ig", method_options={"n_step": 3})
     with pytest.raises(ValueError, match="batch_size must be a positive int"):
