@@ -137,16 +137,14 @@ class LIME(AttributionMethod):
         return self.model(x)
 
     def _attribute(self, inputs: Tensor, target: Tensor, feature_mask: Optional[Tensor] = None) -> Tensor:
-        batch, channels, height, width = inputs.shape
+        batch, _, height, width = inputs.shape
         labels = self.feature_masks(inputs, feature_mask)
         counts = (labels.view(batch, -1).max(dim=1).values + 1).tolist()
         patterns = torch.zeros(batch, self.n_samples, max(counts), dtype=inputs.dtype)
         for index, count in enumerate(counts):
             patterns[index, :, :count] = self.samples(count)
-        patterns = patterns.to(inputs.device)
-        pixel_labels = labels.view(batch, 1, -1).to(inputs.device).expand(-1, self.n_samples, -1)
-        shown = patterns.gather(2, pixel_labels).view(batch, self.n_samples, 1, height, width)  # (B, S, 1, H, W)
-        scores, weights = self._scores_and_weights(inputs, target, shown)
+        scores, weights = self._scores_and_weights(inputs, target, patterns.to(inputs.device),
+                                                   labels.view(batch, 1, -1).to(inputs.device))
         coefficients = torch.zeros(batch, max(counts), dtype=torch.float64)
         for index, count in enumerate(counts):  # the surrogate fit: small, per image
             lasso = _lasso(self.alpha).fit(patterns[index, :, :count].cpu().numpy(), scores[index].cpu().numpy(),
@@ -155,9 +153,11 @@ class LIME(AttributionMethod):
         coefficients = coefficients.to(device=inputs.device, dtype=inputs.dtype)
         return coefficients.gather(1, labels.view(batch, -1).to(inputs.device)).view(batch, height, width)
 
-    def _scores_and_weights(self, inputs: Tensor, target: Tensor, shown: Tensor) -> tuple[Tensor, Tensor]:
-        """(B, S) target scores of the perturbed images and their similarity weights."""
-        batch = inputs.shape[0]
+    def _scores_and_weights(self, inputs: Tensor, target: Tensor, patterns: Tensor, labels: Tensor
+                            ) -> tuple[Tensor, Tensor]:
+        """(B, S) target scores of the perturbed images and their similarity weights, given the
+        (B, S, F) on/off patterns and the (B, 1, H·W) pixel labels; built a pass at a time."""
+        batch, _, height, width = inputs.shape
         per_pass = repeats_per_pass(self.batch_size, inputs, self.n_samples)
         scores = torch.empty(batch, self.n_samples, dtype=inputs.dtype, device=inputs.device)
         weights = torch.empty_like(scores)
@@ -166,7 +166,8 @@ class LIME(AttributionMethod):
         with torch.no_grad():
             for start in range(0, self.n_samples, per_pass):
                 count = min(per_pass, self.n_samples - start)
-                perturbed = shown[:, start : start + count] * inputs[:, None]  # hide colour 0
+                shown = patterns[:, start : start + count].gather(2, labels.expand(-1, count, -1))
+                perturbed = shown.view(batch, count, 1, height, width) * inputs[:, None]  # hide colour 0
                 logits = self._forward(perturbed.reshape(batch * count, *inputs.shape[1:]))
                 scores[:, start : start + count] = score_outputs(
                     logits, target.repeat_interleave(count), self.score).view(batch, count)
