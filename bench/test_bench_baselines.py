@@ -5,7 +5,7 @@ DigitsCNN and test digits (1×32×32, float32, predicted class):
 
 Each group times ours and the peer back to back in interleaved pairs (bench/interleaved.py), so
 that load drift on a shared machine cancels; extra_info holds the median and range of our time /
-the peer's (below 1: ours is faster). Both sides do the same work at the same settings:
+the peer's (below 1: ours is faster), in wall time and in CPU time (``time.process_time``). Both sides do the same work at the same settings:
 
 - LRP (ε = 1e-9) vs Captum ``LRP``, 64 digits (Captum on the digits CNN with ``torch.flatten`` in
   place of ``nn.Flatten``, for which it has no rule).
@@ -21,6 +21,8 @@ the peer's (below 1: ours is faster). Both sides do the same work at the same se
 
 Each pair but DeepLift's and LIME's (random samples) also checks that both give the same maps.
 """
+import statistics
+import time
 import warnings
 
 import numpy as np
@@ -31,7 +33,7 @@ from torch import nn
 import saliency_fast as sf
 
 from .digits import digits_work
-from .interleaved import interleaved_ratios, record_ratios
+from .interleaved import interleaved_ratios, record_ratios, timed_rounds
 
 captum_attr = pytest.importorskip("captum.attr")
 pair = pytest.importorskip("saliency.core")
@@ -78,8 +80,23 @@ def rise_explain(model, images, target, masks, p1, gpu_batch=100):
 
 
 def compare(benchmark, ours, theirs, label):
-    ratios = interleaved_ratios(benchmark, ours, theirs, rounds=ROUNDS)
+    """Interleaved pairs: wall-time ratios (bench/interleaved.py), and the same pairs' CPU-time
+    ratios (``time.process_time``, all threads): on a machine shared with other jobs the wall
+    time mostly measures the others' load, the CPU time the work each side does."""
+
+    def timed(function, seconds):
+        def call():
+            start = time.process_time()
+            function()
+            seconds.append(time.process_time() - start)
+        return call
+
+    ours_cpu, theirs_cpu = [], []
+    ratios = interleaved_ratios(benchmark, timed(ours, ours_cpu), timed(theirs, theirs_cpu), rounds=ROUNDS)
     record_ratios(benchmark, label, ratios)
+    cpu_ratios = timed_rounds(benchmark, [a / b for a, b in zip(ours_cpu, theirs_cpu)])
+    benchmark.extra_info[f"median CPU-time ratio {label}"] = round(statistics.median(cpu_ratios), 3)
+    benchmark.extra_info["CPU-time ratio range"] = f"{cpu_ratios[0]:.3f}–{cpu_ratios[-1]:.3f}"
 
 
 def assert_close_maps(ours, theirs, rtol=1e-4):
