@@ -167,3 +167,10 @@ def test_xrai_bad_arguments_are_named(digits):
     bad[0, 0, 0, 0] = float("inf")
     with pytest.raises(ValueError, match="inputs contains NaN or Inf"):
         xrai.attribute(bad)
+
+
+def test_xrai_of_a_constant_image_is_finite(digits):
+    model, images, _ = digits
+    flat = torch.full_like(images[:1], 0.5)
+    regions = sf.XRAI(model, steps=3).attribute(flat, 0)
+    assert regions.shape == (1, 32, 32) and bool(torch.isfinite(regions).all())
