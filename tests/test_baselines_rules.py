@@ -276,3 +276,59 @@ def test_new_baselines_agree_between_cpu_and_cuda(digits):
         cpu = make(model).attribute(images, target)
         gpu = make(cuda_model).attribute(images.cuda(), target.cuda())
         assert relative_error(gpu.cpu(), cpu) <= 1e-8, name
+
+
+class ResidualNet(nn.Module):
+    """A ResNet-style stem and basic block, as torchvision writes them: one in-place ReLU module
+    used three times, an overlapping max-pool (3 × 3, stride 2), a residual ``+=``, BatchNorm."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(CHANNELS, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.conv2, self.bn2 = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.conv3, self.bn3 = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.avgpool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(4, CLASSES)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        out = self.relu(self.bn2(self.conv2(x)))
+        out = self.bn3(self.conv3(out))
+        out += x
+        return self.fc(torch.flatten(self.avgpool(self.relu(out)), 1))
+
+
+def residual_net() -> nn.Module:
+    torch.manual_seed(5)
+    model = ResidualNet()
+    with torch.no_grad():
+        for bn in (model.bn1, model.bn2, model.bn3):
+            bn.running_mean.uniform_(-0.2, 0.2)
+            bn.running_var.uniform_(0.5, 2.0)
+    return model.double().eval()
+
+
+def test_deeplift_sums_to_the_score_difference_on_a_residual_block(inputs, target):
+    model = residual_net()
+    baseline = torch.rand_like(inputs) * 0.5
+    attributions = sf.DeepLift(model, baseline=baseline).attribute(inputs, target, reduce_channels=False)
+    with torch.no_grad():
+        gap = (model(inputs) - model(baseline)).gather(1, target[:, None]).squeeze(1)
+    torch.testing.assert_close(attributions.sum((1, 2, 3)), gap, rtol=1e-10, atol=1e-12)
+
+
+def test_lrp_on_a_residual_block_is_finite_but_not_conserving_at_the_add(inputs, target):
+    model = residual_net()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.zero_()
+            if getattr(module, "bias", None) is not None:
+                module.bias.zero_()
+    relevance = sf.LRP(model, epsilon=1e-12).attribute(inputs, target, reduce_channels=False)
+    logits = model(inputs).gather(1, target[:, None]).squeeze(1)
+    # the residual "+" is no module: it passes relevance as its gradient, to both branches, so
+    # relevance is not conserved there (Captum needs its Addition_Module for that); it stays finite
+    assert bool(torch.isfinite(relevance).all()) and relevance.abs().sum() > 0
+    assert not torch.allclose(relevance.sum((1, 2, 3)), logits)
