@@ -48,7 +48,7 @@ cuda-check:
 	test -n "$(CUDA_HOME)" || (echo "no CUDA toolkit found (nvcc)"; exit 1)
 	test -x $(CUDA_VENV)/bin/python || $(PYTHON) -m venv $(CUDA_VENV)
 	$(CUDA_VENV)/bin/python -m pip install -q --disable-pip-version-check torch==2.14.1 setuptools wheel numpy pybind11 ninja \
-		pytest hypothesis scipy scikit-learn captum quantus saliency tqdm matplotlib pillow pytest-benchmark
+		pytest hypothesis scipy scikit-learn scikit-image captum quantus saliency tqdm matplotlib pillow pytest-benchmark
 	rm -rf build-cuda && git clone -q . build-cuda
 	cd build-cuda && CUDA_HOME=$(CUDA_HOME) FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="9.0+PTX" MAX_JOBS=2 \
 		../$(CUDA_VENV)/bin/python setup.py -q build_ext --inplace

@@ -267,6 +267,11 @@ class BoundModel(nn.Module):
                 raise
             return getattr(inner, name)
 
+    @property
+    def per_example_arguments(self) -> bool:
+        """Whether some forward argument follows the images (so a call's rows must be known)."""
+        return self._per_example
+
     def for_rows(self, rows: Tensor) -> "BoundModel":
         """The same model for calls whose inputs are the images ``rows`` of the batch (in that order)."""
         return BoundModel(self.module, self.output, self.additional_forward_args, self.batch, rows)

@@ -57,6 +57,7 @@ import torch
 from torch import Tensor, nn
 
 from .methods import GradCAM, GuidedIG, InputXGradient, IntegratedGradients, SAMP, Saliency, SmoothGrad
+from .methods import LIME, LRP, RISE, XRAI, BlurIG, DeepLift
 from ._common import BoundModel, attribution_mode
 from ._distributed import ProcessGroup
 from .train.checkpoint import (CHECKSUM_KEY, CorruptFileError, FolderInUseError, FolderLock, atomic_write_bytes,
@@ -82,6 +83,12 @@ _METHODS: Dict[str, Tuple[type, Dict[str, Any]]] = {
     "smoothgrad": (SmoothGrad, {}),
     "gradcam": (GradCAM, {}),
     "guidedig": (GuidedIG, {}),
+    "lrp": (LRP, {}),
+    "deeplift": (DeepLift, {}),
+    "rise": (RISE, {}),
+    "lime": (LIME, {}),
+    "xrai": (XRAI, {}),
+    "blurig": (BlurIG, {}),
 }
 METHOD_NAMES = tuple(_METHODS)
 # torch >= 2.5 names it torch.OutOfMemoryError; before, only the CUDA alias existed.
@@ -160,7 +167,8 @@ def make_method(name: str, model: nn.Module, **options):
     """The attribution method called ``name`` on ``model``.
 
     Names: samp, samp++ (SAMP.plus: n_frag=50, momentum=0.5), ig, saliency, inputxgradient,
-    smoothgrad, gradcam (default layer: ``model.GRADCAM_LAYER`` or the last Conv2d), guidedig.
+    smoothgrad, gradcam (default layer: ``model.GRADCAM_LAYER`` or the last Conv2d), guidedig,
+    lrp, deeplift, rise, lime, xrai, blurig.
     ``options`` go to the method's constructor (e.g. ``make_method("ig", model, n_steps=16)``).
     """
     return _build_method(name, model, model, options)

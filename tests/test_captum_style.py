@@ -329,3 +329,30 @@ def test_deletion_insertion_takes_a_single_path_name(inputs):
     maps = sf.Saliency(model).attribute(inputs)
     result = sf.metrics.deletion_insertion(model, inputs, maps, paths="deletion", pixels_per_step=16)
     assert result.deletion_auc is not None and result.insertion_auc is None
+
+
+class DigitsWithExtras(nn.Module):
+    """The shipped digits CNN behind a Hugging Face-style output and an extra forward argument."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = sf.models.digits_cnn().double()
+
+    def forward(self, x, scale):
+        return {"hidden": None, "logits": self.net(x) * scale.view(-1, 1)}
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("make", [
+    lambda m: sf.LRP(m), lambda m: sf.DeepLift(m), lambda m: sf.RISE(m, n_masks=16),
+    lambda m: sf.LIME(m, n_samples=12), lambda m: sf.XRAI(m, steps=3), lambda m: sf.BlurIG(m, steps=3),
+], ids=["lrp", "deeplift", "rise", "lime", "xrai", "blurig"])
+def test_new_baselines_route_every_model_call_through_the_call_contract(make):
+    """A unit per-example scale and the dict output give the plain model's maps exactly: every
+    model call (XRAI's inner IG included) goes through the bound model."""
+    pytest.importorskip("skimage")
+    x = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    wrapped = DigitsWithExtras()
+    got = make(wrapped).attribute(x, [3, 5], additional_forward_args=(torch.ones(2, dtype=torch.float64),),
+                                  output="logits")
+    assert torch.equal(got, make(wrapped.net).attribute(x, [3, 5]))

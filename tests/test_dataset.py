@@ -69,7 +69,8 @@ def test_maps_match_the_method_in_dataset_order(model, images, tmp_path):
 
 def test_every_method_name_runs(model, images, tmp_path):
     options = {"samp": {"pixels_per_step": 64}, "samp++": {"pixels_per_step": 64, "n_frag": 4}, "ig": {"n_steps": 4},
-               "smoothgrad": {"n_samples": 2}, "guidedig": {"x_steps": 4}}
+               "smoothgrad": {"n_samples": 2}, "guidedig": {"x_steps": 4}, "rise": {"n_masks": 8},
+               "lime": {"n_samples": 8}, "xrai": {"steps": 4}, "blurig": {"steps": 4}}
     for name in METHOD_NAMES:
         run(model, images[:2], tmp_path / name, method=name, method_options=options.get(name, {}))
         maps = load_attributions(tmp_path / name)
@@ -311,7 +312,7 @@ def test_make_method_and_bad_arguments(model, images, tmp_path):
     assert make_method("samp++", model).n_frag == 50
     assert method_parameters("gradcam", model)["layer"] == DigitsCNN.GRADCAM_LAYER
     with pytest.raises(ValueError, match="method must be one of"):
-        make_method("lime", model)
+        make_method("occlusion", model)
     with pytest.raises(ValueError, match="has no option.*n_step"):
         run(model, images, tmp_path, method="ig", method_options={"n_step": 3})
     with pytest.raises(ValueError, match="batch_size must be a positive int"):

@@ -21,7 +21,8 @@ from ._args import check_model_accepts, parse_device
 from .attribute import load_model, parse_options
 from .explain import load_images
 
-DEFAULT_METHODS = ("saliency", "inputxgradient", "smoothgrad", "ig", "gradcam", "guidedig", "samp", "samp++")
+DEFAULT_METHODS = ("saliency", "inputxgradient", "smoothgrad", "ig", "lrp", "deeplift", "gradcam", "rise", "lime",
+                   "xrai", "blurig", "guidedig", "samp", "samp++")
 
 
 def add_parser(subparsers) -> None:

@@ -4,6 +4,13 @@ from .samp import SAMP, PathResult, SAMPResult
 from .gradcam import GradCAM, gradcam_maps
 from .gradients import InputXGradient, IntegratedGradients, Saliency, SmoothGrad
 from .guided_ig import GuidedIG
+from .lrp import LRP
+from .deeplift import DeepLift
+from .rise import RISE
+from .lime import LIME
+from .xrai import XRAI
+from .blur_ig import BlurIG
 
 __all__ = ["AttributionMethod", "SAMP", "SAMPResult", "PathResult",
-           "Saliency", "InputXGradient", "IntegratedGradients", "SmoothGrad", "GradCAM", "gradcam_maps", "GuidedIG"]
+           "Saliency", "InputXGradient", "IntegratedGradients", "SmoothGrad", "GradCAM", "gradcam_maps", "GuidedIG",
+           "LRP", "DeepLift", "RISE", "LIME", "XRAI", "BlurIG"]
