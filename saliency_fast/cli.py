@@ -34,9 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.version:
-        from . import __version__, build_info
+        from . import __version__
+        from ._native import format_build_info
 
-        print(f"saliency_fast {__version__}: {build_info()}")
+        print(f"saliency_fast {__version__}\n{format_build_info()}")
         return 0
     if not getattr(args, "func", None):
         parser.print_help()
