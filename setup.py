@@ -43,6 +43,8 @@ def say(message: str) -> None:
 
 
 def import_torch():
+    if "sdist" in sys.argv[1:]:  # an sdist compiles nothing and must not pin this machine's torch
+        return None
     try:
         import torch
     except ImportError:
@@ -79,7 +81,7 @@ def make_plan(torch) -> build_plan.BuildPlan:
         return pure
     toolkit = None
     if torch.version.cuda is not None and env.get(build_plan.NO_CUDA_VAR) != "1":
-        toolkit = build_plan.find_cuda_toolkit(env, torch.version.cuda)
+        toolkit = build_plan.find_cuda_toolkit(build_plan.toolkit_candidates(env), torch.version.cuda)
     try:
         return build_plan.plan_cuda(env, torch.version.cuda, toolkit, gpu_capabilities(torch))
     except build_plan.BuildPlanError as error:
@@ -92,7 +94,6 @@ def build_record(torch, plan: build_plan.BuildPlan) -> dict:
         "version": VERSION,
         "native": plan.native,
         "notes": plan.messages,
-        "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "python": platform.python_version(),
     }
     if torch is not None:
@@ -117,6 +118,7 @@ def compiler_version() -> str:
 
 def write_record(folder: str, record: dict) -> None:
     os.makedirs(folder, exist_ok=True)
+    record = {**record, "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     with open(os.path.join(folder, RECORD_NAME), "w") as f:
         json.dump(record, f, indent=1)
 
@@ -201,7 +203,7 @@ def main():
     torch = import_torch()
     plan = make_plan(torch)
     for message in plan.messages:
-        say(message)
+        say(message if plan.native else f"installing without the compiled ops (pure-PyTorch fallback): {message}")
     record = build_record(torch, plan)
     cmdclass = {"build_py": build_py_command(record)}
     ext_modules = []

@@ -111,11 +111,12 @@ def toolkit_candidates(env: dict) -> list[str]:
     return unique
 
 
-def find_cuda_toolkit(env: dict, torch_cuda: str | None) -> CudaToolkit | None:
-    """The toolkit to build with: the first real one whose major version matches torch's CUDA,
-    else the first real one (whose mismatch plan_cuda then reports)."""
+def find_cuda_toolkit(candidates: list[str], torch_cuda: str | None) -> CudaToolkit | None:
+    """The toolkit to build with among `candidates` (see toolkit_candidates): the first real one
+    whose major version matches torch's CUDA, else the first real one (whose mismatch plan_cuda
+    then reports)."""
     found = []
-    for root in toolkit_candidates(env):
+    for root in candidates:
         if is_toolkit_root(root):
             version = nvcc_version(os.path.join(root, "bin", "nvcc"))
             if version is not None:
@@ -174,10 +175,9 @@ def plan_cuda(env: dict, torch_cuda: str | None, toolkit: CudaToolkit | None,
 def plan_native(env: dict, compiler_problem: str | None) -> BuildPlan | None:
     """None when the native build should go ahead; else the pure-PyTorch plan and why."""
     if env.get(NO_NATIVE_VAR) == "1":
-        return BuildPlan(native=False, messages=[f"{NO_NATIVE_VAR}=1: installing without the compiled ops (pure-PyTorch fallback)"])
+        return BuildPlan(native=False, messages=[f"{NO_NATIVE_VAR}=1 was set when it was installed"])
     if compiler_problem is not None:
         return BuildPlan(native=False, messages=[
-            f"installing without the compiled ops: {compiler_problem}. saliency_fast will use its pure-PyTorch "
-            "ops (same results, slower). For the fast build install a C++ compiler with OpenMP (e.g. "
-            "`apt install g++`) and reinstall with `pip install --no-cache-dir --force-reinstall --no-deps <this source>`"])
+            f"{compiler_problem}; for the fast build install a C++ compiler with OpenMP (e.g. `apt install g++`) "
+            "and reinstall: `pip install --no-cache-dir --force-reinstall --no-deps <the same source>`"])
     return None

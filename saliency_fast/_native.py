@@ -74,8 +74,8 @@ def how_to_build(source_checkout: bool) -> str:
 def load_problem(record: dict | None, binary: str | None, running: dict) -> str | None:
     """None when the binary may be loaded, else what is wrong with it (a sentence)."""
     if record is not None and not record.get("native"):
-        notes = "; ".join(record.get("notes") or []) or "it was installed without them"
-        return f"the package was installed without its compiled ops ({notes})"
+        notes = "; ".join(record.get("notes") or []) or "no reason recorded"
+        return f"the package was installed without them: {notes}"
     if binary is None:
         return "the extension (saliency_fast._C) is not built"
     if record is None:
@@ -86,7 +86,7 @@ def load_problem(record: dict | None, binary: str | None, running: dict) -> str 
 
 
 def fallback_message(problem: str, source_checkout: bool) -> str:
-    fix = "" if problem.startswith("the package was installed without") else f"; {how_to_build(source_checkout)}"
+    fix = "" if problem.startswith("the package was installed without them") else f"; {how_to_build(source_checkout)}"
     return f"saliency_fast's compiled ops are not available: {problem}{fix}. Using the pure-PyTorch ops (same results, slower)."
 
 
