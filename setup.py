@@ -82,6 +82,8 @@ def make_plan(torch) -> build_plan.BuildPlan:
     toolkit = None
     if torch.version.cuda is not None and env.get(build_plan.NO_CUDA_VAR) != "1":
         toolkit = build_plan.find_cuda_toolkit(build_plan.toolkit_candidates(env), torch.version.cuda)
+        if toolkit is not None and not os.environ.get("CUDA_HOME"):
+            os.environ["CUDA_HOME"] = toolkit.root  # not the parent of an nvcc wrapper script
     try:
         return build_plan.plan_cuda(env, torch.version.cuda, toolkit, gpu_capabilities(torch))
     except build_plan.BuildPlanError as error:
