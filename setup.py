@@ -16,6 +16,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import warnings
 
 from setuptools import setup
 from setuptools.command.build_py import build_py
@@ -43,6 +44,8 @@ def say(message: str) -> None:
 
 
 def import_torch():
+    # torch does not need numpy, and a build environment may lack it: not worth a warning here
+    warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
     if "sdist" in sys.argv[1:]:  # an sdist compiles nothing and must not pin this machine's torch
         return None
     try:
@@ -197,6 +200,8 @@ def build_py_command(record: dict):
             super().run()
             if not self.editable_mode:
                 write_record(os.path.join(self.build_lib, "saliency_fast"), record)
+            elif not record["native"]:  # in place; a native record is written by build_ext, after it succeeds
+                write_record(os.path.join(ROOT, "saliency_fast"), record)
 
     return BuildPyWithRecord
 
