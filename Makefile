@@ -55,7 +55,7 @@ wheel: setup
 # Installs like users do into fresh venvs (~10 min): the sdist with pip's default build isolation,
 # the wheel of `make wheel` into a venv without torch, and the sdist without a C++ compiler.
 install-check: test-extras
-	SALIENCY_FAST_INSTALL_CHECK=1 $(BIN)/python -m pytest -q -rs tests/test_install_packages.py
+	SALIENCY_FAST_INSTALL_CHECK=1 $(BIN)/python -m pytest -q -rs --durations=0 tests/test_install_packages.py
 
 bench: test-extras
 	$(BIN)/python bench/write_benchmarks.py
