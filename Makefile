@@ -52,8 +52,9 @@ wheel: setup
 		SALIENCY_FAST_NO_CUDA=1 $(BIN)/python -m pip wheel -q --no-deps --no-build-isolation -w $(WHEEL_DIR) .)
 	@ls $(WHEEL_DIR)/saliency_fast-*.whl
 
-# Installs like users do into fresh venvs (~10 min): the sdist with pip's default build isolation,
-# the wheel of `make wheel` into a venv without torch, and the sdist without a C++ compiler.
+# Installs like users do, into fresh venvs: the sdist with pip's default build isolation, the
+# wheel of `make wheel` into a venv without torch, and the sdist without a C++ compiler (two
+# compiles and three torch installs: 22 min on a busy 2-core machine, 5.5 min of CPU time).
 install-check: test-extras
 	SALIENCY_FAST_INSTALL_CHECK=1 $(BIN)/python -m pytest -q -rs --durations=0 tests/test_install_packages.py
 
