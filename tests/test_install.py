@@ -214,3 +214,23 @@ def test_version_prints_a_readable_multi_line_summary(capsys):
     if _native.native_available():
         assert f"built against: torch {torch.__version__}" in "\n".join(lines)
         assert _native.build_info()["torch"] == torch.__version__
+
+
+# --- the build backend -------------------------------------------------------------------------
+
+def test_backend_builds_against_the_target_environments_torch(tmp_path, monkeypatch):
+    import backend
+
+    empty, target = tmp_path / "build-env", tmp_path / "target"
+    empty.mkdir()
+    (target / "torch").mkdir(parents=True)
+    (target / "torch-2.13.0+cpu.dist-info").mkdir()
+    monkeypatch.setattr(backend, "target_site_dirs", lambda: [str(empty), str(target)])
+    assert backend.installed_torch_dir() == str(target)
+    # torch visible (the target's, or --no-build-isolation): not requested again; else requested
+    monkeypatch.setattr(backend, "_importable", lambda name: True)
+    assert "torch" not in backend._with_torch(["setuptools"]) and "ninja" in backend._with_torch([])
+    monkeypatch.setattr(backend, "_importable", lambda name: False)
+    assert {"torch", "ninja"} <= set(backend._with_torch(["setuptools"]))
+    monkeypatch.setattr(backend, "target_site_dirs", lambda: [str(empty)])
+    assert backend.installed_torch_dir() is None
