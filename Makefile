@@ -1,39 +1,69 @@
 # Two-command start:  make demo   (set-up + a SAMP/SAMP++ demo on the embedded digits)
 #                     make test   (set-up + the full test suite on the CPU build)
 # Each target sets itself up from a fresh clone: a virtual environment with the CPU build of
-# torch, the package compiled in place (pip install --no-build-isolation -e .).
+# torch, the package compiled in place (pip install --no-build-isolation -e .). `make demo`
+# installs only what the package needs; the test targets add the `test` extra.
 PYTHON ?= python3
 VENV ?= .venv
 CUDA_VENV ?= .venv-cuda
+WHEEL_DIR ?= dist
 BIN := $(VENV)/bin
 # The nvcc first on PATH may be a wrapper script; torch needs the toolkit's root.
 CUDA_HOME ?= $(shell d=$$(dirname $$(dirname $$(readlink -f $$(command -v nvcc 2>/dev/null || echo /nonexistent/bin/nvcc)))); \
 	for c in $$d /usr/local/cuda-13.0 /usr/local/cuda; do [ -x $$c/bin/nvcc ] && [ -d $$c/lib64 ] && [ ! -L $$c ] && echo $$c && break; done)
 PIP := $(BIN)/python -m pip install -q --disable-pip-version-check
+# Prints "<what> ... done in N s" around a quiet step.
+TIMED = t0=$$(date +%s); echo "==> $(1) ..."; $(2) && echo "    done in $$(( $$(date +%s) - t0 )) s"
 
-.PHONY: setup demo test bench bench-smoke ctest cuda-check gpu-check wheels clean
+.PHONY: setup test-extras demo test bench bench-smoke ctest cuda-check gpu-check wheels wheel install-check clean
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp)
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(PIP) torch==2.13.0
-	$(PIP) setuptools wheel numpy pybind11 ninja
-	SALIENCY_FAST_NO_CUDA=1 $(PIP) --no-build-isolation -e ".[test]"
-	touch $@
+$(VENV)/.installed: pyproject.toml setup.py _build/build_plan.py _build/backend.py $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp)
+	@test -x $(BIN)/python || { echo "==> creating the virtual environment $(VENV)"; $(PYTHON) -m venv $(VENV); }
+	@$(call TIMED,installing torch 2.13.0 (CPU build; a 200 MB download on a fresh machine),$(PIP) torch==2.13.0)
+	@$(call TIMED,installing the build tools (setuptools and ninja),$(PIP) "setuptools>=70.1" ninja)
+	@$(call TIMED,compiling the C++ extension saliency_fast._C and installing the package (a few minutes on 2 cores),\
+		SALIENCY_FAST_NO_CUDA=1 $(PIP) --no-build-isolation -e .)
+	@$(BIN)/python -m saliency_fast --version | sed 's/^/    /'
+	@touch $@
+
+# The `test` extra of pyproject.toml (pytest, hypothesis, captum, quantus, ...), without rebuilding.
+test-extras: $(VENV)/.test-extras
+
+$(VENV)/.test-extras: $(VENV)/.installed pyproject.toml
+	@$(call TIMED,installing the test extras,\
+		$(PIP) $$($(BIN)/python -c "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['test']))"))
+	@touch $@
 
 demo: setup
+	@echo "==> running the demo: SAMP, SAMP++ and the gradient on 16 test digits"
 	$(BIN)/saliency-fast demo --out out/demo
 
-test: setup
+test: test-extras
 	SALIENCY_FAST_REQUIRE_NATIVE=1 $(BIN)/python -m pytest -q tests
 
-bench: setup
+# A wheel with the compiled extension, built against (and pinned to) the torch of $(VENV).
+# build/lib* is cleared so no stale file of an earlier build enters the wheel; the object files
+# in build/temp* are reused when nothing changed.
+wheel: setup
+	rm -rf build/lib.* build/bdist.*
+	@$(call TIMED,building the wheel into $(WHEEL_DIR)/,\
+		SALIENCY_FAST_NO_CUDA=1 $(BIN)/python -m pip wheel -q --no-deps --no-build-isolation -w $(WHEEL_DIR) .)
+	@ls $(WHEEL_DIR)/saliency_fast-*.whl
+
+# Installs like users do, into fresh venvs: the sdist with pip's default build isolation, the
+# wheel of `make wheel` into a venv without torch, and the sdist without a C++ compiler (two
+# compiles and three torch installs: 22 min on a busy 2-core machine, 5.5 min of CPU time).
+install-check: test-extras
+	SALIENCY_FAST_INSTALL_CHECK=1 $(BIN)/python -m pytest -q -rs --durations=0 tests/test_install_packages.py
+
+bench: test-extras
 	$(BIN)/python bench/write_benchmarks.py
 
 # Every benchmark once, untimed (~2 min): the suites still run, and their own checks hold (the
 # implementations compared give the same results); BENCHMARKS.md is left alone.
-bench-smoke: setup
+bench-smoke: test-extras
 	$(BIN)/python -m pytest -q bench --benchmark-disable
 
 ctest: setup
@@ -75,4 +105,4 @@ wheels:
 	ls wheels
 
 clean:
-	rm -rf build build-cmake build-cuda saliency_fast/*.so
+	rm -rf build build-cmake build-cuda dist saliency_fast/*.so saliency_fast/_native_build.json

@@ -59,9 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.version:
-        from . import __version__, build_info
+        from . import __version__
+        from ._native import format_build_info
 
-        print(f"saliency_fast {__version__}: {build_info()}")
+        print(f"saliency_fast {__version__}\n{format_build_info()}")
         return 0
     if not getattr(args, "func", None):
         parser.print_help()
