@@ -6,18 +6,27 @@
   trained by scripts/train_digits.py and loaded with ``torch.load(..., weights_only=True)``.
 - :class:`LinearModel`: flatten → Linear, a model linear in its input (completeness is exact for
   path methods on it), for tests.
+- :class:`Normalized`: applies the input normalisation (mean/std) inside the model, so that images,
+  references, baselines, perturbations and budgets all stay in [0, 1] pixel space.
+- :func:`load_model`: a model from a spec — "digits", "torchvision:NAME", "timm:NAME" (optional
+  dependencies; random weights unless a weights file is given: nothing is downloaded) or
+  "module:factory" — as every command's ``--model`` reads it.
 """
 from __future__ import annotations
 
+import importlib
 from importlib import resources
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["DigitsCNN", "digits_cnn", "LinearModel", "DIGITS_CNN_WEIGHTS"]
+__all__ = ["DigitsCNN", "digits_cnn", "LinearModel", "DIGITS_CNN_WEIGHTS", "Normalized", "load_model",
+           "torchvision_model", "timm_model", "load_state", "IMAGENET_MEAN", "IMAGENET_STD"]
 
 DIGITS_CNN_WEIGHTS = "digits_cnn.pt"  # file name inside saliency_fast/weights/
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's ImageNet models
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class DigitsCNN(nn.Module):
@@ -106,3 +115,131 @@ class LinearModel(nn.Module):
         if tuple(x.shape[1:]) != self.input_shape:
             raise ValueError(f"LinearModel expects inputs of shape (B, {self.input_shape}), got {tuple(x.shape)}")
         return self.linear(self.flatten(x))
+
+
+class Normalized(nn.Module):
+    """``model((x − mean) / std)``: the input normalisation as part of the model.
+
+    Attribution methods, references (zeros = black), perturbation metrics and SAMP's budgets then
+    all work on images in [0, 1] pixel space, as the papers define them, while the wrapped model
+    sees the normalised inputs it was trained on. Layer names for the CAM methods may omit the
+    ``model.`` prefix ("layer4" names ``model.layer4``).
+
+    Args:
+        model: a classifier taking normalised (B, C, H, W) inputs.
+        mean, std: per-channel statistics (C values each, std > 0).
+    """
+
+    def __init__(self, model: nn.Module, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+        super().__init__()
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        mean_t = torch.as_tensor(mean, dtype=torch.float64).reshape(-1)  # cast to the input dtype per call
+        std_t = torch.as_tensor(std, dtype=torch.float64).reshape(-1)
+        if mean_t.numel() != std_t.numel() or mean_t.numel() == 0:
+            raise ValueError(f"mean and std need one value per channel each, got {mean_t.numel()} and {std_t.numel()}")
+        if not bool(torch.isfinite(mean_t).all()) or not bool((std_t > 0).all()) or not bool(torch.isfinite(std_t).all()):
+            raise ValueError(f"std must be finite and > 0 and mean finite, got mean={tuple(mean)} std={tuple(std)}")
+        self.model = model
+        self.input_size: Optional[int] = None  # the side the model was built for, where known (CLI default)
+        self.register_buffer("mean", mean_t.view(1, -1, 1, 1))
+        self.register_buffer("std", std_t.view(1, -1, 1, 1))
+
+    @property
+    def channels(self) -> int:
+        return self.mean.shape[1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4 or x.shape[1] != self.channels:
+            raise ValueError(f"Normalized expects (B, {self.channels}, H, W) images in [0, 1], got shape {tuple(x.shape)}")
+        return self.model((x - self.mean.to(x.dtype)) / self.std.to(x.dtype))
+
+    def extra_repr(self) -> str:
+        return f"mean={tuple(round(v, 4) for v in self.mean.flatten().tolist())}, " \
+               f"std={tuple(round(v, 4) for v in self.std.flatten().tolist())}"
+
+
+def _optional(package: str):
+    try:
+        return importlib.import_module(package)
+    except (ImportError, RuntimeError) as error:  # RuntimeError: torchvision's "operator torchvision::nms does not exist" mismatch
+        raise ImportError(f"--model {package}:NAME needs the optional package {package!r}, which did not import "
+                          f"({error}); install one built for your torch (`pip install saliency_fast[models]`; see "
+                          "README, 'Real models')") from error
+
+
+def torchvision_model(name: str, image_size: Optional[int] = None) -> Normalized:
+    """torchvision's architecture ``name`` with random weights (nothing is downloaded), wrapped in
+    :class:`Normalized` with the ImageNet mean/std. ``image_size`` sets the input size of the
+    models that fix it (vit_*); the others take any size."""
+    models = _optional("torchvision").models
+    if name not in models.list_models():
+        raise ValueError(f"torchvision has no model {name!r}; see torchvision.models.list_models()")
+    options = {"image_size": image_size} if image_size is not None and name.startswith("vit_") else {}
+    model = Normalized(models.get_model(name, weights=None, **options), IMAGENET_MEAN, IMAGENET_STD)
+    model.input_size = image_size or int(getattr(model.model, "image_size", 224))
+    return model.eval()
+
+
+def timm_model(name: str, image_size: Optional[int] = None) -> Normalized:
+    """timm's model ``name`` with random weights (pretrained=False: nothing is downloaded), wrapped in
+    :class:`Normalized` with the mean/std of its pretrained configuration. ``image_size`` sets the
+    input size of the models that fix it (those with a patch embedding: ViT, DeiT, Swin, ...)."""
+    timm = _optional("timm")
+    if not timm.is_model(name):
+        raise ValueError(f"timm has no model {name!r}; see timm.list_models()")
+    model = timm.create_model(name, pretrained=False)
+    if image_size is not None and hasattr(model, "patch_embed"):
+        model = timm.create_model(name, pretrained=False, img_size=image_size)
+    config = timm.data.resolve_data_config({}, model=model)
+    wrapped = Normalized(model, config["mean"], config["std"])
+    wrapped.input_size = image_size or int(config["input_size"][-1])
+    return wrapped.eval()
+
+
+def load_state(model: nn.Module, path) -> nn.Module:
+    """Load a state_dict file (``torch.save(model.state_dict(), path)``; a checkpoint dict with a
+    "state_dict" entry too) with ``weights_only=True``. For a :class:`Normalized` model, the file may
+    hold the wrapped architecture's state or the wrapper's."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"--weights {path}: expected a state_dict, got a {type(state).__name__}")
+    if isinstance(model, Normalized) and not any(key.startswith("model.") for key in state):
+        model.model.load_state_dict(state)
+    else:
+        model.load_state_dict(state)
+    return model
+
+
+def load_model(spec: str, weights=None, image_size: Optional[int] = None) -> nn.Module:
+    """The model named by ``spec``, in eval mode:
+
+    - "digits": :func:`digits_cnn` (its bundled weights unless ``weights`` is given);
+    - "torchvision:NAME" / "timm:NAME": :func:`torchvision_model` / :func:`timm_model` (random
+      weights unless ``weights``; inputs in [0, 1], normalised inside the model);
+    - "package.module:factory": ``factory()``, an nn.Module.
+    ``weights``: a state_dict file, loaded with ``weights_only=True`` (see :func:`load_state`).
+    """
+    if not isinstance(spec, str):
+        raise TypeError(f"--model must be a string, got {type(spec).__name__}")
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
+        raise ValueError(f"--image-size must be a positive int, got {image_size!r}")
+    source, separator, name = spec.partition(":")
+    if spec == "digits":
+        model = digits_cnn(pretrained=weights is None)
+    elif separator and source in ("torchvision", "timm") and name:
+        model = (torchvision_model if source == "torchvision" else timm_model)(name, image_size)
+    else:
+        if not separator or not source or not name:
+            raise ValueError(f"--model must be 'digits', 'torchvision:NAME', 'timm:NAME' or 'module:factory', got {spec!r}")
+        factory = getattr(importlib.import_module(source), name, None)
+        if not callable(factory):
+            raise ValueError(f"--model {spec}: {source} has no callable {name!r}")
+        model = factory()
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"--model {spec}: {name}() returned a {type(model).__name__}, not an nn.Module")
+    if weights is not None:
+        load_state(model, weights)
+    return model.eval()
