@@ -109,3 +109,18 @@ def test_attribute_dataset_records_the_layer_it_found(tmp_path):
         maps = sf.load_attributions(tmp_path / method)
         cls = sf.CAM if method == "cam" else sf.GradCAMPlusPlus
         torch.testing.assert_close(maps, cls(model, layer).attribute(data, model(data).argmax(1)))
+
+
+def test_evaluate_runs_every_registered_method_leaving_out_those_that_do_not_fit(tmp_path, capsys):
+    import json
+
+    from saliency_fast.cli import main
+    from saliency_fast.commands.evaluate import DEFAULT_METHODS
+    from saliency_fast.dataset import METHOD_NAMES
+
+    assert sorted(DEFAULT_METHODS) == sorted(METHOD_NAMES)  # the list comes from the registry
+    assert main(["evaluate", "--count", "1", "--pixels-per-step", "256", "--out", str(tmp_path)]) == 0
+    assert "cam: left out: CAM needs" in capsys.readouterr().out  # DigitsCNN: no global average pooling
+    rows = json.loads((tmp_path / "results.json").read_text())
+    assert [row["method"] for row in rows] == [name for name in DEFAULT_METHODS if name != "cam"]
+    assert main(["evaluate", "--count", "1", "--methods", "cam", "--out", str(tmp_path / "cam")]) == 2  # asked for

@@ -19,6 +19,7 @@ from tqdm import tqdm
 from .. import metrics
 from ..dataset import METHOD_NAMES, make_method
 from ..methods import SAMP, IntegratedGradients
+from ..methods.gradcam import UnsupportedArchitecture
 from .attribute import IMAGE_SIZE_HELP, MODEL_HELP, image_preparation, load_model, parse_options
 from .explain import load_images
 
@@ -125,13 +126,6 @@ def format_table(rows) -> str:
     return "\n".join(lines)
 
 
-def _does_not_fit(error: ValueError) -> bool:
-    """The method cannot explain this architecture (no GAP+linear head for CAM, no layer for the CAM
-    family), as opposed to a bad option or input."""
-    text = str(error)
-    return text.startswith("CAM") or "found no layer for the CAM methods" in text
-
-
 def run(args) -> int:
     chosen = args.methods is not None
     names = [n.strip() for n in args.methods.split(",") if n.strip()] if chosen else list(DEFAULT_METHODS)
@@ -149,8 +143,8 @@ def run(args) -> int:
         method = make_method(name, model, **options.get(name, {}))
         try:
             row, curves[name] = evaluate_method(name, method, model, images, target, args.pixels_per_step)
-        except ValueError as error:
-            if chosen or not _does_not_fit(error):
+        except UnsupportedArchitecture as error:
+            if chosen:
                 raise
             print(f"{name}: left out: {error}")
             continue

@@ -33,6 +33,11 @@ ReshapeTransform = Callable[[Tensor], Tensor]
 logger = logging.getLogger(__name__)
 
 
+class UnsupportedArchitecture(ValueError):
+    """The method cannot explain this model as built (CAM without global average pooling + linear,
+    no layer a CAM method can use): a ValueError that callers running every method may skip."""
+
+
 def resolve_layer(model: nn.Module, layer: Layer) -> nn.Module:
     """The submodule ``layer`` names (a dotted name such as "layer4" or "features.3") or is.
 
@@ -319,10 +324,10 @@ def find_cam_layer(
             if mapped is not None and bool((mapped != 0).any()):
                 return name, transform
     if candidates:
-        raise ValueError(
+        raise UnsupportedArchitecture(
             f"found no layer for the CAM methods: the target's logit has zero gradient at every candidate layer "
             f"({candidates[0][0]} … {candidates[-1][0]}), e.g. a zero-initialised classifier head; pass layer= explicitly")
-    raise ValueError(
+    raise UnsupportedArchitecture(
         "found no layer for the CAM methods: no layer that the target's logit depends on outputs a spatial map "
         "(B, K, h, w) of a convolution, or ViT-style tokens (B, 1 + N, D); pass layer='<dotted name>' "
         "(see model.named_modules()) and, for a token layer, reshape_transform (e.g. 'vit' or your own callable)")
@@ -434,7 +439,7 @@ class CAM(_LayerCAM):
         if fc is None:
             linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
             if not linears:
-                raise ValueError("CAM needs a final nn.Linear layer after global average pooling; the model has none "
+                raise UnsupportedArchitecture("CAM needs a final nn.Linear layer after global average pooling; the model has none "
                                  "(use GradCAM for other architectures)")
             self.fc = linears[-1]
         else:
@@ -451,7 +456,7 @@ class CAM(_LayerCAM):
             if mapped is not None and _is_map(mapped, batch) and mapped.shape[1] == pooled.shape[1] \
                     and self._averages_to(mapped, pooled):
                 return name, self.reshape_transform
-        raise ValueError(f"CAM needs a (B, K, h, w) feature map whose global average is the input of the final linear "
+        raise UnsupportedArchitecture(f"CAM needs a (B, K, h, w) feature map whose global average is the input of the final linear "
                          f"layer ({type(self.fc).__name__} with {self.fc.in_features} inputs); this model has none. "
                          "Use GradCAM or GradCAMPlusPlus for other architectures, or pass layer= and fc=")
 
@@ -474,10 +479,10 @@ class CAM(_LayerCAM):
             raise ValueError(f"CAM: the linear layer fc ran {len(seen)} times in one forward pass; pass fc= the final one")
         pooled, output = seen[0]
         if pooled.dim() != 2:
-            raise ValueError(f"CAM: fc's input has shape {tuple(pooled.shape)}, not (B, K): the model does not "
+            raise UnsupportedArchitecture(f"CAM: fc's input has shape {tuple(pooled.shape)}, not (B, K): the model does not "
                              "globally pool before it; use GradCAM for this architecture")
         if output.shape != logits.shape or not torch.allclose(output.detach(), logits.detach()):
-            raise ValueError("CAM: the output of fc is not the model's logits (the model transforms them after fc); "
+            raise UnsupportedArchitecture("CAM: the output of fc is not the model's logits (the model transforms them after fc); "
                              "pass fc= the layer that produces the logits, or use GradCAM")
 
     @staticmethod
@@ -499,7 +504,7 @@ class CAM(_LayerCAM):
             raise ValueError(f"layer ran {capture.calls} times in one forward pass; pick a layer the model calls exactly once")
         activation = _spatial(capture.activation.detach(), self.reshape_transform)
         if activation.shape[1] != self.fc.in_features or not self._averages_to(activation, pooled):
-            raise ValueError(f"CAM: the global average of the layer's output {tuple(activation.shape)} is not the input "
+            raise UnsupportedArchitecture(f"CAM: the global average of the layer's output {tuple(activation.shape)} is not the input "
                              f"of fc ({self.fc.in_features} features); pass the layer that is pooled into fc, "
                              "or use GradCAM")
         weight = self.fc.weight.detach()[target]  # (B, K)
