@@ -4,6 +4,8 @@
   head, ~25k parameters) — small so that SAMP on a batch of 64 images runs quickly on a CPU.
 - :func:`digits_cnn`: a DigitsCNN with the weights shipped in saliency_fast/weights/digits_cnn.pt,
   trained by scripts/train_digits.py and loaded with ``torch.load(..., weights_only=True)``.
+- :func:`mnist_cnn`: a DigitsCNN for 28×28 MNIST with the weights shipped in
+  saliency_fast/weights/mnist_cnn.pt, trained by scripts/train_mnist.py on 4,000 real MNIST digits.
 - :class:`LinearModel`: flatten → Linear, a model linear in its input (completeness is exact for
   path methods on it), for tests.
 - :class:`Normalized`: applies the input normalisation (mean/std) inside the model, so that images,
@@ -22,9 +24,11 @@ import torch
 from torch import Tensor, nn
 
 __all__ = ["DigitsCNN", "digits_cnn", "LinearModel", "DIGITS_CNN_WEIGHTS", "Normalized", "load_model",
-           "torchvision_model", "timm_model", "load_state", "IMAGENET_MEAN", "IMAGENET_STD"]
+           "torchvision_model", "timm_model", "load_state", "IMAGENET_MEAN", "IMAGENET_STD", "mnist_cnn",
+           "MNIST_CNN_WEIGHTS"]
 
 DIGITS_CNN_WEIGHTS = "digits_cnn.pt"  # file name inside saliency_fast/weights/
+MNIST_CNN_WEIGHTS = "mnist_cnn.pt"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's ImageNet models
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -68,9 +72,21 @@ class DigitsCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
-def digits_cnn_weights_path():
-    """A Traversable for the bundled weights file (inside the installed package)."""
-    return resources.files("saliency_fast") / "weights" / DIGITS_CNN_WEIGHTS
+def digits_cnn_weights_path(file_name: str = DIGITS_CNN_WEIGHTS):
+    """A Traversable for a bundled weights file (inside the installed package)."""
+    return resources.files("saliency_fast") / "weights" / file_name
+
+
+def _bundled(model: nn.Module, file_name: str, script: str, map_location) -> nn.Module:
+    path = digits_cnn_weights_path(file_name)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"the bundled weights saliency_fast/weights/{file_name} are missing; reinstall "
+            f"saliency_fast, or recreate them with `python scripts/{script}`, or pass pretrained=False"
+        )
+    with resources.as_file(path) as file:
+        model.load_state_dict(torch.load(file, map_location=map_location, weights_only=True))
+    return model
 
 
 def digits_cnn(pretrained: bool = True, map_location: Union[str, torch.device] = "cpu") -> DigitsCNN:
@@ -80,15 +96,18 @@ def digits_cnn(pretrained: bool = True, map_location: Union[str, torch.device] =
     """
     model = DigitsCNN()
     if pretrained:
-        path = digits_cnn_weights_path()
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"the bundled weights saliency_fast/weights/{DIGITS_CNN_WEIGHTS} are missing; reinstall "
-                "saliency_fast, or recreate them with `python scripts/train_digits.py`, or pass pretrained=False"
-            )
-        with resources.as_file(path) as file:
-            state = torch.load(file, map_location=map_location, weights_only=True)
-        model.load_state_dict(state)
+        _bundled(model, DIGITS_CNN_WEIGHTS, "train_digits.py", map_location)
+    return model.to(map_location).eval()
+
+
+def mnist_cnn(pretrained: bool = True, map_location: Union[str, torch.device] = "cpu") -> DigitsCNN:
+    """A :class:`DigitsCNN` for (B, 1, 28, 28) MNIST digits in [0, 1], in eval mode; with
+    ``pretrained=True`` the bundled weights trained on the 4,000 training digits of
+    :func:`saliency_fast.data.load_mnist` (scripts/train_mnist.py), loaded with ``weights_only=True``.
+    """
+    model = DigitsCNN(image_size=28)
+    if pretrained:
+        _bundled(model, MNIST_CNN_WEIGHTS, "train_mnist.py", map_location)
     return model.to(map_location).eval()
 
 
@@ -216,7 +235,7 @@ def load_state(model: nn.Module, path) -> nn.Module:
 def load_model(spec: str, weights=None, image_size: Optional[int] = None) -> nn.Module:
     """The model named by ``spec``, in eval mode:
 
-    - "digits": :func:`digits_cnn` (its bundled weights unless ``weights`` is given);
+    - "digits" / "mnist": :func:`digits_cnn` / :func:`mnist_cnn` (bundled weights unless ``weights``);
     - "torchvision:NAME" / "timm:NAME": :func:`torchvision_model` / :func:`timm_model` (random
       weights unless ``weights``; inputs in [0, 1], normalised inside the model);
     - "package.module:factory": ``factory()``, an nn.Module.
@@ -227,13 +246,13 @@ def load_model(spec: str, weights=None, image_size: Optional[int] = None) -> nn.
     if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
         raise ValueError(f"--image-size must be a positive int, got {image_size!r}")
     source, separator, name = spec.partition(":")
-    if spec == "digits":
-        model = digits_cnn(pretrained=weights is None)
+    if spec in ("digits", "mnist"):
+        model = (digits_cnn if spec == "digits" else mnist_cnn)(pretrained=weights is None)
     elif separator and source in ("torchvision", "timm") and name:
         model = (torchvision_model if source == "torchvision" else timm_model)(name, image_size)
     else:
         if not separator or not source or not name:
-            raise ValueError(f"--model must be 'digits', 'torchvision:NAME', 'timm:NAME' or 'module:factory', got {spec!r}")
+            raise ValueError(f"--model must be 'digits', 'mnist', 'torchvision:NAME', 'timm:NAME' or 'module:factory', got {spec!r}")
         factory = getattr(importlib.import_module(source), name, None)
         if not callable(factory):
             raise ValueError(f"--model {spec}: {source} has no callable {name!r}")

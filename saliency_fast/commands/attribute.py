@@ -23,7 +23,7 @@ from ..dataset import METHOD_NAMES, STORAGE_DTYPES, PreparedImages, attribute_da
 from ..models import Normalized
 from ..models import load_model as _load_model
 
-MODEL_HELP = ("'digits' (the bundled digits CNN), 'torchvision:NAME' or 'timm:NAME' (random weights unless "
+MODEL_HELP = ("'digits' (the bundled digits CNN), 'mnist' (the bundled MNIST CNN), 'torchvision:NAME' or 'timm:NAME' (random weights unless "
               "--weights; optional packages), or 'module:factory' (factory() returns an nn.Module)")
 IMAGE_SIZE_HELP = ("resize each image's shorter side to N and crop the centre N×N (and build the models with a "
                    "fixed input size, e.g. ViT, for N); default: the torchvision/timm model's own size, else as they are")

@@ -17,7 +17,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--weights", help="a state_dict file for the model (loaded with weights_only=True)")
     parser.add_argument("--image-size", type=int, metavar="N", help=IMAGE_SIZE_HELP)
     parser.add_argument("--images", help="a .pt/.npy file of (N, C, H, W) images or an image folder "
-                        "(default with --model digits, torchvision:NAME or timm:NAME: the first test digits)")
+                        "(default: the first test digits; with --model mnist the first MNIST test digits)")
     parser.add_argument("--count", type=int, default=8, help="explain the first N images (default 8)")
     parser.add_argument("--method", default="samp++", choices=METHOD_NAMES, help="attribution method")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="a method option")
@@ -32,11 +32,11 @@ def load_images(path: str | None, model_spec: str, count: int, image_size: int |
     if count < 1:
         raise ValueError(f"--count must be >= 1, got {count}")
     if path is None:
-        if model_spec != "digits" and not model_spec.startswith(("torchvision:", "timm:")):
+        if model_spec not in ("digits", "mnist") and not model_spec.startswith(("torchvision:", "timm:")):
             raise ValueError("--images is required with a user model")
-        from ..data import load_digits
+        from ..data import load_digits, load_mnist
 
-        images = list(load_digits("test")[0][:count])
+        images = list((load_mnist if model_spec == "mnist" else load_digits)("test")[0][:count])
     else:
         source = _open_source(path)
         if len(source) == 0:
