@@ -146,6 +146,9 @@ def method_parameters(name: str, model: Optional[nn.Module] = None, **options) -
         declared = getattr(model, "GRADCAM_LAYER", None)
         layer = options.get("layer", declared if isinstance(declared, str) else None)
         options["layer"] = None if layer is None else _layer_name(model, layer)
+    transform = options.get("reshape_transform")
+    if callable(transform) and hasattr(transform, "__qualname__"):  # a function: its name, not its address
+        options["reshape_transform"] = f"{transform.__module__}.{transform.__qualname__}"
     bound = signature.bind(None, None, **options)
     bound.apply_defaults()
     return {k: _jsonable(v) for k, v in bound.arguments.items() if k not in ("self", "model")}
@@ -322,8 +325,9 @@ def prepare_image(image: Tensor, image_size: Optional[int] = None, channels: Opt
         scale = image_size / min(height, width)
         size = (max(image_size, round(height * scale)), max(image_size, round(width * scale)))
         if size != (height, width):
+            # antialiased bilinear weights are convex: the values stay in the image's range
             image = torch.nn.functional.interpolate(image[None].float(), size=size, mode="bilinear",
-                                                    align_corners=False, antialias=True)[0].clamp(0, 1)
+                                                    align_corners=False, antialias=True)[0]
         top, left = (size[0] - image_size) // 2, (size[1] - image_size) // 2
         image = image[:, top : top + image_size, left : left + image_size]
     return image.contiguous()

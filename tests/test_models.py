@@ -124,3 +124,12 @@ def test_evaluate_runs_every_registered_method_leaving_out_those_that_do_not_fit
     rows = json.loads((tmp_path / "results.json").read_text())
     assert [row["method"] for row in rows] == [name for name in DEFAULT_METHODS if name != "cam"]
     assert main(["evaluate", "--count", "1", "--methods", "cam", "--out", str(tmp_path / "cam")]) == 2  # asked for
+
+
+def test_manifest_records_a_reshape_function_by_name():
+    def tokens_to_map(tokens):
+        return tokens
+
+    recorded = method_parameters("gradcam", gap_cnn(), layer="1", reshape_transform=tokens_to_map)["reshape_transform"]
+    assert recorded == f"{__name__}.test_manifest_records_a_reshape_function_by_name.<locals>.tokens_to_map"
+    assert method_parameters("gradcam", gap_cnn(), reshape_transform="vit")["reshape_transform"] == "vit"
