@@ -78,6 +78,10 @@ def test_load_model_specs_and_errors():
         except (ImportError, RuntimeError):  # absent, or a torchvision built for another torch
             with pytest.raises(ImportError, match=f"needs the optional package '{package}'"):
                 load_model(f"{package}:resnet18")
+            from saliency_fast.commands.attribute import load_model as cli_load_model
+
+            with pytest.raises(ValueError, match=f"needs the optional package '{package}'"):  # one line in the CLI
+                cli_load_model(f"{package}:resnet18", None)
 
 
 def test_prepare_image_resizes_the_shorter_side_and_crops_the_centre():

@@ -71,8 +71,12 @@ def parse_options(pairs) -> dict:
 
 
 def load_model(spec: str, weights: str | None, image_size: int | None = None) -> nn.Module:
-    """``--model`` / ``--weights`` / ``--image-size``: see ``saliency_fast.models.load_model``."""
-    return _load_model(spec, weights, image_size)
+    """``--model`` / ``--weights`` / ``--image-size``: see ``saliency_fast.models.load_model``. A missing
+    optional package is reported as a bad ``--model`` (the CLI prints it as one line)."""
+    try:
+        return _load_model(spec, weights, image_size)
+    except ImportError as error:
+        raise ValueError(str(error)) from error
 
 
 def image_preparation(model: nn.Module, image_size: int | None) -> tuple[int | None, int | None]:
