@@ -72,13 +72,18 @@ class DigitsCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
-def digits_cnn_weights_path(file_name: str = DIGITS_CNN_WEIGHTS):
+def bundled_weights_path(file_name: str):
     """A Traversable for a bundled weights file (inside the installed package)."""
     return resources.files("saliency_fast") / "weights" / file_name
 
 
-def _bundled(model: nn.Module, file_name: str, script: str, map_location) -> nn.Module:
-    path = digits_cnn_weights_path(file_name)
+def digits_cnn_weights_path():
+    """A Traversable for the bundled digits weights file (inside the installed package)."""
+    return bundled_weights_path(DIGITS_CNN_WEIGHTS)
+
+
+def _bundled(model: nn.Module, path, file_name: str, script: str, map_location) -> nn.Module:
+    """Load the bundled weights at ``path`` (weights_only=True), or say how to recreate them."""
     if not path.is_file():
         raise FileNotFoundError(
             f"the bundled weights saliency_fast/weights/{file_name} are missing; reinstall "
@@ -96,7 +101,7 @@ def digits_cnn(pretrained: bool = True, map_location: Union[str, torch.device] =
     """
     model = DigitsCNN()
     if pretrained:
-        _bundled(model, DIGITS_CNN_WEIGHTS, "train_digits.py", map_location)
+        _bundled(model, digits_cnn_weights_path(), DIGITS_CNN_WEIGHTS, "train_digits.py", map_location)
     return model.to(map_location).eval()
 
 
@@ -107,7 +112,7 @@ def mnist_cnn(pretrained: bool = True, map_location: Union[str, torch.device] = 
     """
     model = DigitsCNN(image_size=28)
     if pretrained:
-        _bundled(model, MNIST_CNN_WEIGHTS, "train_mnist.py", map_location)
+        _bundled(model, bundled_weights_path(MNIST_CNN_WEIGHTS), MNIST_CNN_WEIGHTS, "train_mnist.py", map_location)
     return model.to(map_location).eval()
 
 
