@@ -117,10 +117,10 @@ def resolve_reshape_transform(value) -> Optional[ReshapeTransform]:
     raise ValueError(f"reshape_transform must be None, a callable or one of {sorted(RESHAPE_TRANSFORMS)}, got {value!r}")
 
 
-def _spatial(output, reshape_transform: Optional[ReshapeTransform], check: bool = True) -> Tensor:
+def _spatial(output, reshape_transform: Optional[ReshapeTransform]) -> Tensor:
     """The layer output as a (B, K, h, w) map (after ``reshape_transform``); raise if it is not one."""
     mapped = reshape_transform(output) if reshape_transform is not None and isinstance(output, Tensor) else output
-    if check and (not isinstance(mapped, Tensor) or mapped.dim() != 4):
+    if not isinstance(mapped, Tensor) or mapped.dim() != 4:
         shape = tuple(mapped.shape) if isinstance(mapped, Tensor) else type(mapped).__name__
         hint = "" if reshape_transform is not None else (
             "; for a token layer (ViT, Swin) pass reshape_transform (e.g. 'vit')")
