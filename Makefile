@@ -73,12 +73,15 @@ ctest: setup
 
 # The CUDA build against torch 2.14.1 (a CUDA 13.0 build), compiled in a clean copy of the
 # committed tree so the CPU build above is left alone. Checks that it links, that the ops are
-# registered for the CUDA dispatch key, and that the CPU tests pass with it too.
+# registered for the CUDA dispatch key, and that the CPU tests pass with it too. This venv also
+# carries torchvision 0.29.1 (the build that loads against torch 2.14.1), timm and the CAM peers
+# (grad-cam, torchcam), so tests/test_models_scale.py runs here (it skips where they are absent).
 cuda-check:
 	test -n "$(CUDA_HOME)" || (echo "no CUDA toolkit found (nvcc)"; exit 1)
 	test -x $(CUDA_VENV)/bin/python || $(PYTHON) -m venv $(CUDA_VENV)
 	$(CUDA_VENV)/bin/python -m pip install -q --disable-pip-version-check torch==2.14.1 setuptools wheel numpy pybind11 ninja \
-		pytest hypothesis scipy scikit-learn scikit-image captum quantus saliency tqdm matplotlib pillow pytest-benchmark
+		pytest hypothesis scipy scikit-learn scikit-image captum quantus saliency tqdm matplotlib pillow pytest-benchmark \
+		torchvision==0.29.1 timm grad-cam torchcam
 	rm -rf build-cuda && git clone -q . build-cuda
 	cd build-cuda && CUDA_HOME=$(CUDA_HOME) FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="9.0+PTX" MAX_JOBS=2 \
 		../$(CUDA_VENV)/bin/python setup.py -q build_ext --inplace

@@ -56,7 +56,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .methods import GradCAM, GuidedIG, InputXGradient, IntegratedGradients, SAMP, Saliency, SmoothGrad
+from .methods import CAM, GradCAM, GradCAMPlusPlus, GuidedIG, InputXGradient, IntegratedGradients, SAMP, Saliency, SmoothGrad
 from .methods import LIME, LRP, RISE, XRAI, BlurIG, DeepLift
 from ._common import BoundModel, attribution_mode
 from ._distributed import ProcessGroup
@@ -64,6 +64,7 @@ from .train.checkpoint import (CHECKSUM_KEY, CorruptFileError, FolderInUseError,
                                content_checksum, load_verified, remove_stale_temporaries, save_verified)
 
 __all__ = ["attribute_dataset", "load_attributions", "make_method", "method_parameters", "AttributionSet",
+           "PreparedImages", "prepare_image", "resolve_cam_options",
            "METHOD_NAMES", "MANIFEST_NAME", "CorruptFileError", "FolderInUseError"]
 
 FORMAT_VERSION = 2  # 2: shard checksums and run identity in every shard
@@ -89,7 +90,11 @@ _METHODS: Dict[str, Tuple[type, Dict[str, Any]]] = {
     "lime": (LIME, {}),
     "xrai": (XRAI, {}),
     "blurig": (BlurIG, {}),
+    "gradcam++": (GradCAMPlusPlus, {}),
+    "cam": (CAM, {}),
 }
+# methods at a layer (layer=None: found on the model, see find_cam_layer)
+_CAM_FAMILY = (GradCAM, GradCAMPlusPlus, CAM)
 METHOD_NAMES = tuple(_METHODS)
 # torch >= 2.5 names it torch.OutOfMemoryError; before, only the CUDA alias existed.
 OutOfMemoryError = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
@@ -106,24 +111,30 @@ def _method_entry(name: str) -> Tuple[type, Dict[str, Any]]:
     return _METHODS[name.lower()]
 
 
-def default_gradcam_layer(model: nn.Module) -> str:
-    """The model's ``GRADCAM_LAYER`` if it declares one, else its last Conv2d."""
-    declared = getattr(model, "GRADCAM_LAYER", None)
-    if isinstance(declared, str):
-        return declared
-    convolutions = [name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
-    if not convolutions:
-        raise ValueError("gradcam needs a convolutional layer: pass method_options={'layer': '<dotted name>'}")
-    return convolutions[-1]
-
-
 def _layer_name(model: nn.Module, layer) -> str:
-    if isinstance(layer, str):
-        return layer
-    for name, module in model.named_modules():
-        if module is layer:
-            return name
-    raise ValueError("layer is a module that is not part of the model; pass one of model's submodules")
+    """The full dotted name of ``layer`` (a module or a name, "layer4" → "model.layer4" in a wrapper)."""
+    from .methods.gradcam import layer_name, resolve_layer
+
+    return layer_name(model, resolve_layer(model, layer))
+
+
+def resolve_cam_options(name: str, model: nn.Module, options: Dict[str, Any], example: Tensor) -> Dict[str, Any]:
+    """For a CAM-family method without a ``layer`` option: the layer (and reshape transform) that
+    ``find_cam_layer`` picks on one ``example`` image, filled into the options and logged, so the
+    manifest records the choice. Other methods' options are returned as they are."""
+    cls, _ = _method_entry(name)
+    if cls not in _CAM_FAMILY or options.get("layer") is not None:
+        return options
+    from .methods.gradcam import vit_reshape_transform
+
+    probe = cls(model, **{**options, "upsample": False})
+    device = next((t.device for t in list(model.parameters()) + list(model.buffers())), example.device)
+    probe.attribute(example[None].to(device))  # finds (and logs) the layer as the method itself would
+    resolved = {**options, "layer": _layer_name(model, probe.layer)}
+    if probe.reshape_transform is not None and options.get("reshape_transform") is None:
+        found = probe.reshape_transform
+        resolved["reshape_transform"] = "vit" if found == vit_reshape_transform else found
+    return resolved
 
 
 def _jsonable(value):
@@ -151,13 +162,13 @@ def method_parameters(name: str, model: Optional[nn.Module] = None, **options) -
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise ValueError(f"method {name!r} has no option(s) {', '.join(unknown)}; it accepts: {', '.join(accepted)}")
-    if cls is GradCAM:
-        if "layer" not in options:
-            if model is None:
-                raise ValueError("gradcam needs a layer (or a model to find its default layer)")
-            options["layer"] = default_gradcam_layer(model)
-        elif model is not None:
-            options["layer"] = _layer_name(model, options["layer"])
+    if cls in _CAM_FAMILY and model is not None:
+        declared = getattr(model, "GRADCAM_LAYER", None)
+        layer = options.get("layer", declared if isinstance(declared, str) else None)
+        options["layer"] = None if layer is None else _layer_name(model, layer)
+    transform = options.get("reshape_transform")
+    if callable(transform) and hasattr(transform, "__qualname__"):  # a function: its name, not its address
+        options["reshape_transform"] = f"{transform.__module__}.{transform.__qualname__}"
     bound = signature.bind(None, None, **options)
     bound.apply_defaults()
     return {k: _jsonable(v) for k, v in bound.arguments.items() if k not in ("self", "model")}
@@ -167,8 +178,8 @@ def make_method(name: str, model: nn.Module, **options):
     """The attribution method called ``name`` on ``model``.
 
     Names: samp, samp++ (SAMP.plus: n_frag=50, momentum=0.5), ig, saliency, inputxgradient,
-    smoothgrad, gradcam (default layer: ``model.GRADCAM_LAYER`` or the last Conv2d), guidedig,
-    lrp, deeplift, rise, lime, xrai, blurig.
+    smoothgrad, gradcam, gradcam++ and cam (default layer: ``model.GRADCAM_LAYER``, else found at the
+    first call by ``find_cam_layer`` and logged), guidedig, lrp, deeplift, rise, lime, xrai, blurig.
     ``options`` go to the method's constructor (e.g. ``make_method("ig", model, n_steps=16)``).
     """
     return _build_method(name, model, model, options)
@@ -180,13 +191,10 @@ def _build_method(name: str, run_model: nn.Module, user_model: nn.Module, option
     cls, defaults = _method_entry(name)
     options = {**defaults, **options}
     method_parameters(name, user_model, **options)  # validates option names
-    if cls is GradCAM:
-        layer = options.get("layer", default_gradcam_layer(user_model))
-        if isinstance(layer, str):
-            from .methods.gradcam import resolve_layer
+    if cls in _CAM_FAMILY and options.get("layer") is not None:
+        from .methods.gradcam import resolve_layer
 
-            layer = resolve_layer(user_model, layer)
-        options["layer"] = layer
+        options["layer"] = resolve_layer(user_model, options["layer"])
     return cls(run_model, **options)
 
 
@@ -324,6 +332,42 @@ class _FolderSource:
         return self.files[index].relative_to(self.folder).as_posix()
 
 
+def prepare_image(image: Tensor, image_size: Optional[int] = None, channels: Optional[int] = None) -> Tensor:
+    """A (C, H, W) image made to fit a model: grayscale repeated to ``channels`` (3 for RGB models),
+    and with ``image_size``, the shorter side resized to it (bilinear, antialiased) and the centre
+    cropped to image_size × image_size (torchvision's Resize + CenterCrop)."""
+    if channels is not None and image.shape[0] != channels:
+        if image.shape[0] != 1:
+            raise ValueError(f"the image has {image.shape[0]} channels but the model takes {channels}")
+        image = image.expand(channels, -1, -1)
+    if image_size is not None:
+        height, width = image.shape[-2:]
+        scale = image_size / min(height, width)
+        size = (max(image_size, round(height * scale)), max(image_size, round(width * scale)))
+        if size != (height, width):
+            # antialiased bilinear weights are convex: the values stay in the image's range
+            image = torch.nn.functional.interpolate(image[None].float(), size=size, mode="bilinear",
+                                                    align_corners=False, antialias=True)[0]
+        top, left = (size[0] - image_size) // 2, (size[1] - image_size) // 2
+        image = image[:, top : top + image_size, left : left + image_size]
+    return image.contiguous()
+
+
+class PreparedImages:
+    """A map-style dataset over any ``data`` that ``attribute_dataset`` reads, each image passed
+    through :func:`prepare_image` (the CLI's ``--image-size`` and grayscale-to-RGB)."""
+
+    def __init__(self, data, image_size: Optional[int] = None, channels: Optional[int] = None):
+        self.source = _open_source(data)
+        self.image_size, self.channels = image_size, channels
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> Tensor:
+        return prepare_image(self.source.load(index), self.image_size, self.channels)
+
+
 class _DatasetSource:
     """Any map-style dataset (``__len__`` and ``__getitem__``); items may be (image, label, ...)."""
 
@@ -402,10 +446,15 @@ def _load_checked(source, index: int, shape: Optional[Tuple[int, ...]]) -> Tuple
 
 def _reference_shape(source) -> Tuple[int, ...]:
     """The (C, H, W) of the first readable image: the shape every image must have."""
+    return tuple(_first_image(source).shape)
+
+
+def _first_image(source) -> Tensor:
+    """The first readable image (its shape is the reference; CAM methods find their layer on it)."""
     for index in range(len(source)):
         image, _ = _load_checked(source, index, None)
         if image is not None:
-            return tuple(image.shape)
+            return image
     raise ValueError(f"none of the {len(source)} items of the data could be read as an image")
 
 
@@ -731,6 +780,9 @@ def _attribute(model, source, method, method_name, output, options, parameters, 
     model.to(device)
     shape = _reference_shape(source)
     check_model_accepts(model, shape, f"the data ({source.description})", device)
+    if isinstance(method, str) and method_parameters(method_name, model, **options).get("layer", "") is None:
+        options = resolve_cam_options(method_name, model, options, _first_image(source))  # a CAM method's layer
+        parameters = method_parameters(method_name, model, **options)
     amp_dtype = _amp_dtype(device) if amp else None
     identity = {
         "method": method_name, "method_parameters": parameters,

@@ -39,10 +39,11 @@ def tiny_model(seed: int = 0, norm: bool = False) -> nn.Module:
     torch.manual_seed(seed)
     layers = [nn.Conv2d(1, 4, 3, padding=1)]
     if norm:  # BatchNorm + Dropout: a model whose train mode changes its output and its buffers
-        layers += [nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Dropout(0.5), nn.Linear(4 * SIZE * SIZE, 3)]
+        layers += [nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.5)]
     else:
-        layers += [nn.ReLU(), nn.Flatten(), nn.Linear(4 * SIZE * SIZE, 3)]
-    return nn.Sequential(*layers).eval()
+        layers += [nn.ReLU()]
+    # global average pooling into the linear layer: the architecture CAM needs, as do the others
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).eval()
 
 
 def clean_images(n: int = 3, seed: int = 0) -> torch.Tensor:

@@ -292,7 +292,7 @@ def test_read_only_output_folder(files, tmp_path, capsys):
 # ==============================================================================================
 def start_attribute(data: Path, out: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "saliency_fast", "attribute", "--model", "digits", "--method",
-                             "ig", "--option", "n_steps=64", "--data", str(data), "--out", str(out), "--shard-size",
+                             "ig", "--option", "n_steps=512", "--data", str(data), "--out", str(out), "--shard-size",
                              "2", "--batch-size", "2", "--no-progress"], env=ENVIRONMENT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
 
@@ -310,7 +310,7 @@ def wait_for(condition, process, seconds=120.0):
 def test_second_writer_refused_then_kill_9_at_a_random_moment_and_resume(seed, tmp_path, capsys):
     data = tmp_path / "data.pt"
     torch.save(torch.rand(24, 1, 32, 32, generator=torch.Generator().manual_seed(seed)), data)
-    argv = ["attribute", "--model", "digits", "--method", "ig", "--option", "n_steps=64", "--data", str(data),
+    argv = ["attribute", "--model", "digits", "--method", "ig", "--option", "n_steps=512", "--data", str(data),
             "--shard-size", "2", "--batch-size", "2", "--no-progress"]
     assert main(argv + ["--out", str(tmp_path / "reference")]) == 0
     first = start_attribute(data, tmp_path / "out")
@@ -337,7 +337,7 @@ sys.path.insert(0, {repo!r})
 from tests.test_faults import loader, tiny_model
 from saliency_fast import train
 model = tiny_model()
-train.fit(model, train.SaliencyGuided(k=0.5), loader(), 8, optimizer=torch.optim.SGD(model.parameters(), lr=0.05),
+train.fit(model, train.SaliencyGuided(k=0.5), loader(), 60, optimizer=torch.optim.SGD(model.parameters(), lr=0.05),
           checkpoint_dir={out!r}, progress=False)
 """
 
@@ -348,7 +348,7 @@ def test_fit_killed_9_at_a_random_moment_resumes_to_the_same_weights(tmp_path):
 
     def finish(folder):
         model = tiny_model()
-        train.fit(model, train.SaliencyGuided(k=0.5), loader(), 8, optimizer=torch.optim.SGD(model.parameters(),
+        train.fit(model, train.SaliencyGuided(k=0.5), loader(), 60, optimizer=torch.optim.SGD(model.parameters(),
                   lr=0.05), checkpoint_dir=folder, progress=False)
         return model
 
@@ -400,4 +400,4 @@ def test_tests_run_against_a_non_editable_install_whose_source_tree_is_not_built
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     forced = subprocess.run(command, cwd=source, env={**environment, "SALIENCY_FAST_TEST_SOURCE": "1"},
                             capture_output=True, text=True, timeout=300)
-    assert forced.returncode != 0 and "cannot import name '_C'" in forced.stdout + forced.stderr  # the old failure
+    assert forced.returncode != 0 and "saliency_fast._C) is not built" in forced.stdout + forced.stderr  # the source tree's own, clear failure

@@ -80,7 +80,7 @@ def test_from_captum_matches_captum_and_our_method(digits):
 
 def test_from_captum_layer_method_is_upsampled_to_the_input(digits):
     model, images, labels = digits
-    layer = model.get_submodule(sf.dataset.default_gradcam_layer(model))
+    layer = model.get_submodule(model.GRADCAM_LAYER)  # the layer the digits CNN declares for the CAM family
     maps = sf.interop.from_captum(captum_attr.LayerGradCam(model, layer), relu_attributions=True).attribute(images, labels)
     ours = sf.GradCAM(model, layer=layer).attribute(images, labels)
     assert maps.shape == (4, 32, 32)

@@ -4,6 +4,9 @@
     torchrun --nproc_per_node 2 -m saliency_fast attribute ...      # shards split across processes
 
 ``--model digits`` is the bundled digits CNN (``--weights`` replaces its bundled weights);
+``--model torchvision:resnet50`` / ``--model timm:vit_small_patch16_224`` build those architectures
+(random weights unless ``--weights``; the input normalisation runs inside the model, images stay in
+[0, 1]; images are resized to ``--image-size``, default the model's own);
 ``--model package.module:factory`` calls ``factory()`` for an nn.Module and loads ``--weights``
 (a state_dict, loaded with weights_only=True) into it. Rerunning the same command resumes.
 """
@@ -15,8 +18,15 @@ import sys
 
 from torch import nn
 
-from ..dataset import METHOD_NAMES, STORAGE_DTYPES, attribute_dataset
-from ._args import import_factory, load_weights, parse_device
+from ..dataset import METHOD_NAMES, STORAGE_DTYPES, PreparedImages, attribute_dataset
+from ..models import Normalized
+from ..models import load_model as _load_model
+from ._args import parse_device
+
+MODEL_HELP = ("'digits' (the bundled digits CNN), 'mnist' (the bundled MNIST CNN), 'torchvision:NAME' or 'timm:NAME' (random weights unless "
+              "--weights; optional packages), or 'module:factory' (factory() returns an nn.Module)")
+IMAGE_SIZE_HELP = ("resize each image's shorter side to N and crop the centre N×N (and build the models with a "
+                   "fixed input size, e.g. ViT, for N); default: the torchvision/timm model's own size, else as they are")
 
 
 def add_parser(subparsers) -> None:
@@ -25,9 +35,9 @@ def add_parser(subparsers) -> None:
         description="Attribute every image of a dataset (a .pt/.npy file or an image folder) and write the maps "
                     "as shard files plus manifest.json. Rerun the same command to resume after an interruption; "
                     "run it under torchrun to split the shards across processes.")
-    parser.add_argument("--model", required=True,
-                        help="'digits' (the bundled digits CNN) or 'module:factory' (factory() returns an nn.Module)")
+    parser.add_argument("--model", required=True, help=MODEL_HELP)
     parser.add_argument("--weights", help="a state_dict file for the model (loaded with weights_only=True)")
+    parser.add_argument("--image-size", type=int, metavar="N", help=IMAGE_SIZE_HELP)
     parser.add_argument("--data", required=True, help="a .pt or .npy file of (N, C, H, W) images, or an image folder")
     parser.add_argument("--method", required=True, choices=METHOD_NAMES, help="attribution method")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
@@ -62,26 +72,29 @@ def parse_options(pairs) -> dict:
     return options
 
 
-def load_model(spec: str, weights: str | None) -> nn.Module:
-    if spec == "digits":
-        from ..models import digits_cnn
+def load_model(spec: str, weights: str | None, image_size: int | None = None) -> nn.Module:
+    """``--model`` / ``--weights`` / ``--image-size``: see ``saliency_fast.models.load_model``. A missing
+    optional package is reported as a bad ``--model`` (the CLI prints it as one line)."""
+    try:
+        return _load_model(spec, weights, image_size)
+    except ImportError as error:
+        raise ValueError(str(error)) from error
 
-        model = digits_cnn(pretrained=weights is None)
-    else:
-        factory = import_factory(spec)
-        model = factory()
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"--model {spec}: {spec.partition(':')[2]}() returned a {type(model).__name__}, "
-                            "not an nn.Module")
-    if weights is not None:
-        load_weights(model, weights, spec)
-    return model.eval()
+
+def image_preparation(model: nn.Module, image_size: int | None) -> tuple[int | None, int | None]:
+    """(side, channels) the images are brought to: ``--image-size`` or the wrapped model's own size,
+    and the channels of a :class:`Normalized` model (grayscale is repeated)."""
+    if isinstance(model, Normalized):
+        return image_size or model.input_size, model.channels
+    return image_size, None
 
 
 def run(args) -> int:
-    model = load_model(args.model, args.weights)
+    model = load_model(args.model, args.weights, args.image_size)
+    side, channels = image_preparation(model, args.image_size)
+    data = PreparedImages(args.data, side, channels) if side or channels else args.data
     manifest = attribute_dataset(
-        model, args.data, args.method, args.out, batch_size=args.batch_size, shard_size=args.shard_size,
+        model, data, args.method, args.out, batch_size=args.batch_size, shard_size=args.shard_size,
         resume=not args.no_resume, device=parse_device(args.device), amp=args.amp, channels_last=args.channels_last,
         compile=args.compile, evaluate=args.evaluate, method_options=parse_options(args.option), dtype=args.dtype,
         progress=not args.no_progress)

@@ -2,7 +2,9 @@
 
 Prints a table (Deletion↓, Insertion↑ in the SAMP paper's form, Gini, completeness error, time
 per image), writes results.csv / results.json and a PNG of the mean deletion and insertion
-curves. Default: the bundled digits CNN on the first test digits.
+curves. Default: the bundled digits CNN on the first test digits, every registered method that
+applies to the model (a method that does not fit the architecture, e.g. CAM without global average
+pooling, is reported and left out; named in --methods, it is an error).
 """
 from __future__ import annotations
 
@@ -17,22 +19,25 @@ from tqdm import tqdm
 from .. import metrics
 from ..dataset import METHOD_NAMES, make_method
 from ..methods import SAMP, IntegratedGradients
+from ..methods.gradcam import UnsupportedArchitecture
 from ._args import check_model_accepts, parse_device
-from .attribute import load_model, parse_options
+from .attribute import IMAGE_SIZE_HELP, MODEL_HELP, image_preparation, load_model, parse_options
 from .explain import load_images
 
-DEFAULT_METHODS = ("saliency", "inputxgradient", "smoothgrad", "ig", "lrp", "deeplift", "gradcam", "rise", "lime",
-                   "xrai", "blurig", "guidedig", "samp", "samp++")
+# every registered method, the baselines first and SAMP/SAMP++ last (the paper's table order)
+DEFAULT_METHODS = tuple(n for n in METHOD_NAMES if not n.startswith("samp")) + tuple(
+    n for n in METHOD_NAMES if n.startswith("samp"))
 
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("evaluate", help="compare methods on Deletion/Insertion, Gini and completeness")
-    parser.add_argument("--model", default="digits", help="'digits' (bundled CNN) or 'module:factory'")
+    parser.add_argument("--model", default="digits", help=MODEL_HELP)
     parser.add_argument("--weights", help="a state_dict file for the model (loaded with weights_only=True)")
+    parser.add_argument("--image-size", type=int, metavar="N", help=IMAGE_SIZE_HELP)
     parser.add_argument("--images", help="a .pt/.npy file or image folder (default: the digits test split)")
     parser.add_argument("--count", type=int, default=64, help="evaluate the first N images (default 64)")
-    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
-                        help=f"comma-separated, from {', '.join(METHOD_NAMES)}")
+    parser.add_argument("--methods", help=f"comma-separated, from {', '.join(METHOD_NAMES)} (default: all that "
+                        "apply to the model)")
     parser.add_argument("--pixels-per-step", type=int, help="curve step (default: 10 up to 64×64, else 8·H)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--out", default="out/evaluate", help="output folder (default out/evaluate)")
@@ -138,21 +143,28 @@ def format_table(rows) -> str:
 
 
 def run(args) -> int:
-    names = [n.strip() for n in args.methods.split(",") if n.strip()]
+    chosen = args.methods is not None
+    names = [n.strip() for n in args.methods.split(",") if n.strip()] if chosen else list(DEFAULT_METHODS)
     unknown = [n for n in names if n not in METHOD_NAMES]
     if unknown or not names:
         raise ValueError(f"--methods: unknown {unknown}; choose from {', '.join(METHOD_NAMES)}")
     options = method_options(args.option)
     device = parse_device(args.device)
-    model = load_model(args.model, args.weights).to(device)
-    images = load_images(args.images, args.model, args.count).to(device)
+    model = load_model(args.model, args.weights, args.image_size).to(device)
+    images = load_images(args.images, args.model, args.count, *image_preparation(model, args.image_size)).to(device)
     check_model_accepts(model, tuple(images.shape[1:]), f"--images {args.images or 'digits'}", device)
     with torch.no_grad():
         target = model(images).argmax(1)
     rows, curves = [], {}
     for name in tqdm(names, desc="evaluate", unit="method"):
         method = make_method(name, model, **options.get(name, {}))
-        row, curves[name] = evaluate_method(name, method, model, images, target, args.pixels_per_step)
+        try:
+            row, curves[name] = evaluate_method(name, method, model, images, target, args.pixels_per_step)
+        except UnsupportedArchitecture as error:
+            if chosen:
+                raise
+            print(f"{name}: left out: {error}")
+            continue
         rows.append(row)
     write_outputs(rows, curves, args.out)
     print(format_table(rows))

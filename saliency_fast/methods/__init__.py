@@ -1,7 +1,8 @@
 """Attribution methods, all with ``attribute(inputs, target=None) -> (B, H, W)``."""
 from ._base import AttributionMethod
 from .samp import SAMP, PathResult, SAMPResult
-from .gradcam import GradCAM, gradcam_maps
+from .gradcam import (CAM, GradCAM, GradCAMPlusPlus, UnsupportedArchitecture, ViTReshape, find_cam_layer, gradcam_maps,
+                      vit_reshape_transform)
 from .gradients import InputXGradient, IntegratedGradients, Saliency, SmoothGrad
 from .guided_ig import GuidedIG
 from .lrp import LRP
@@ -13,4 +14,5 @@ from .blur_ig import BlurIG
 
 __all__ = ["AttributionMethod", "SAMP", "SAMPResult", "PathResult",
            "Saliency", "InputXGradient", "IntegratedGradients", "SmoothGrad", "GradCAM", "gradcam_maps", "GuidedIG",
-           "LRP", "DeepLift", "RISE", "LIME", "XRAI", "BlurIG"]
+           "LRP", "DeepLift", "RISE", "LIME", "XRAI", "BlurIG",
+           "CAM", "GradCAMPlusPlus", "ViTReshape", "vit_reshape_transform", "find_cam_layer", "UnsupportedArchitecture"]

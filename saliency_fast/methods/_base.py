@@ -67,6 +67,7 @@ class AttributionMethod:
     any_input_shape = False  # the gradient family: (B, ...) inputs of any rank
     call_options: tuple = ()  # constructor options a call may override by keyword (Captum's per-call options)
     output: Selector = None  # subclasses that do not pass ``output`` to __init__ select nothing
+    learned_attributes: tuple = ()  # set by a call on its copy of the method and kept (e.g. a CAM layer found)
 
     needs_gradients = True  # False for perturbation-only methods, which then also run under inference_mode
 
@@ -134,6 +135,8 @@ class AttributionMethod:
             check_model_device(model, inputs)
         with attribution_mode(model) if isinstance(model, nn.Module) else contextlib.nullcontext():
             yield call, inputs, resolve_target(call.model, inputs, target), keywords
+        for name in self.learned_attributes:  # what the call found out about the model, kept for later calls
+            setattr(self, name, getattr(call, name))
 
     def _check_inputs(self, inputs: Tensor) -> Tensor:
         """Validated inputs, detached (and out of inference mode), so no call joins the caller's graph."""
