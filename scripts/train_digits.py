@@ -48,10 +48,12 @@ def accuracy(model: torch.nn.Module, loader) -> float:
     return correct / total
 
 
-def train(epochs: int, lr: float, batch_size: int, seed: int, max_shift: int, weight_decay: float) -> tuple[DigitsCNN, float]:
+def train(make_loaders, make_model, epochs: int, lr: float, batch_size: int, seed: int, max_shift: int,
+          weight_decay: float) -> tuple[DigitsCNN, float]:
+    """The recipe both bundled CNNs are trained with (this script's digits, train_mnist.py's MNIST)."""
     torch.manual_seed(seed)
-    train_loader, test_loader = digits_loaders(batch_size=batch_size, shuffle_seed=seed)
-    model = DigitsCNN()
+    train_loader, test_loader = make_loaders(batch_size=batch_size, shuffle_seed=seed)
+    model = make_model()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     shifts = torch.Generator().manual_seed(seed)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * len(train_loader))
@@ -70,22 +72,25 @@ def train(epochs: int, lr: float, batch_size: int, seed: int, max_shift: int, we
     return model, accuracy(model, test_loader)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=30)
+def main(argv=None, *, description: str = __doc__, make_loaders=digits_loaders, make_model=DigitsCNN,
+         default_out: str = DEFAULT_OUT, epochs: int = 30, side: int = 32,
+         test_set: str = "the stratified test split (split seed 0, 20%") -> int:
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=epochs)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-shift", type=int, default=2, help="random translation in pixels (32×32 images)")
+    parser.add_argument("--max-shift", type=int, default=2, help=f"random translation in pixels ({side}×{side} images)")
     parser.add_argument("--weight-decay", type=float, default=1e-4)
     parser.add_argument("--min-accuracy", type=float, default=0.95)
-    parser.add_argument("--out", default=DEFAULT_OUT, help="where to write the state_dict (default: %(default)s)")
+    parser.add_argument("--out", default=default_out, help="where to write the state_dict (default: %(default)s)")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(1)  # reduction order, hence the bits, would depend on the thread count
     torch.use_deterministic_algorithms(True)
-    model, test_accuracy = train(args.epochs, args.lr, args.batch_size, args.seed, args.max_shift, args.weight_decay)
-    print(f"final test accuracy {test_accuracy:.4f} on the stratified test split (split seed 0, 20%; training seed {args.seed})")
+    model, test_accuracy = train(make_loaders, make_model, args.epochs, args.lr, args.batch_size, args.seed,
+                                 args.max_shift, args.weight_decay)
+    print(f"final test accuracy {test_accuracy:.4f} on {test_set}; training seed {args.seed})")
     if test_accuracy < args.min_accuracy:
         print(f"below --min-accuracy {args.min_accuracy}; not writing {args.out}", file=sys.stderr)
         return 1

@@ -366,3 +366,21 @@ def test_the_step_loop_never_synchronises():
         totals.append(sum(mode.counts.values()))
         assert result.model_calls > 0
     assert totals[0] == totals[1]
+
+
+def test_ic_bound_is_summed_in_one_fixed_pairwise_order():
+    """The bound D / n_frag is added pairwise (the order a GPU kernel can repeat bit for bit), not
+    in torch.sum's backend-dependent order; in float32 the two orders differ on these rows."""
+    from saliency_fast.methods.samp import pairwise_row_sums
+
+    values = torch.rand(64, 3 * 37 * 29, generator=torch.Generator().manual_seed(0)) * 1e3
+    expected = []
+    for row in values:
+        level = list(row)
+        while len(level) > 1:
+            level = level + [torch.zeros(())] if len(level) % 2 else level
+            level = [level[i] + level[i + 1] for i in range(0, len(level), 2)]
+        expected.append(level[0])
+    assert torch.equal(pairwise_row_sums(values), torch.stack(expected))
+    assert not torch.equal(pairwise_row_sums(values), values.sum(1))  # so the order is really fixed
+    torch.testing.assert_close(pairwise_row_sums(values.double()), values.double().sum(1), rtol=1e-12, atol=0)

@@ -307,6 +307,17 @@ class SAMP(AttributionMethod):
         )
 
 
+def pairwise_row_sums(values: Tensor) -> Tensor:
+    """(B, n) → (B,) row sums added in one fixed (pairwise) order, so that the CPU and CUDA give
+    the same bits: torch.sum's order differs between their kernels, and SAMP++'s IC bound D / n_frag
+    must be identical for the maps to be (README, "CPU/CUDA parity")."""
+    while values.shape[1] > 1:
+        if values.shape[1] % 2:
+            values = torch.nn.functional.pad(values, (0, 1))  # + 0 is exact
+        values = values[:, 0::2] + values[:, 1::2]
+    return values[:, 0]
+
+
 class _PathState:
     """The tensors one path updates in place, step after step, and the step's fixed options
     (s, the direction, the tie policy), converted once for the op."""
@@ -321,7 +332,7 @@ class _PathState:
         self.active = pixels_active(self.point, self.end).contiguous()
         self.active_count = self.active.flatten(1).sum(1)
         self.step_count = torch.zeros(batch, dtype=torch.long, device=start.device)
-        distance = (self.point - self.end).abs().flatten(1).sum(1)
+        distance = pairwise_row_sums((self.point - self.end).abs().flatten(1))
         self.bound = distance / n_frag if n_frag else torch.full_like(distance, math.inf)
         self.kernel = ops.samp_step_kernel(self.point)
         self.k, self.insertion, self.exact_ties = int(k), bool(insertion), bool(exact_ties)
