@@ -32,8 +32,8 @@ $(VENV)/.installed: pyproject.toml setup.py _build/build_plan.py _build/backend.
 test-extras: $(VENV)/.test-extras
 
 $(VENV)/.test-extras: $(VENV)/.installed pyproject.toml
-	@$(call TIMED,installing the test extras,\
-		$(PIP) $$($(BIN)/python -c "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['test']))"))
+	@$(BIN)/python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['test']))" > $(VENV)/test-requirements.txt
+	@$(call TIMED,installing the test extras,$(PIP) -r $(VENV)/test-requirements.txt)
 	@touch $@
 
 demo: setup
