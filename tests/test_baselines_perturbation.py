@@ -215,3 +215,12 @@ def test_lime_bad_arguments_are_named(digits):
         lime.attribute(images, feature_mask=torch.zeros(5, 5, dtype=torch.long))
     with pytest.raises(TypeError, match="feature_mask must be an integer tensor"):
         lime.attribute(images, feature_mask=torch.zeros(32, 32))
+
+
+def test_lime_warns_when_the_segmentation_finds_a_single_superpixel():
+    """Pixel noise is one SLIC superpixel: the constant map must not pass silently."""
+    pytest.importorskip("skimage")
+    noise = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 64 * 64, 4)).double()
+    with pytest.warns(RuntimeWarning, match="found one superpixel in image"):
+        sf.LIME(model, n_samples=8).attribute(noise, 0)

@@ -142,7 +142,7 @@ def test_lrp_leaves_the_model_unhooked(digits):
 
 def test_lrp_rejects_a_module_without_a_rule():
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.GELU(), nn.Flatten(), nn.Linear(8, 2))
-    with pytest.raises(TypeError, match="LRP has no rule for module type.*GELU"):
+    with pytest.raises(sf.UnsupportedArchitecture, match="LRP has no rule for module type.*GELU"):
         sf.LRP(model)
     with pytest.raises(ValueError, match="epsilon"):
         sf.LRP(tiny_cnn(), epsilon=-1.0)

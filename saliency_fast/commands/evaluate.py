@@ -160,8 +160,8 @@ def run(args) -> int:
         target = model(images).argmax(1)
     rows, curves = [], {}
     for name in tqdm(names, desc="evaluate", unit="method"):
-        method = make_method(name, model, **options.get(name, {}))
-        try:
+        try:  # a method that cannot explain this architecture refuses at construction or at the call
+            method = make_method(name, model, **options.get(name, {}))
             row, curves[name] = evaluate_method(name, method, model, images, target, args.pixels_per_step)
         except UnsupportedArchitecture as error:
             if chosen:

@@ -15,6 +15,8 @@ Lasso fit (small: n_samples × features) run per image.
 """
 from __future__ import annotations
 
+import warnings
+
 from typing import Optional
 
 import numpy as np
@@ -116,6 +118,11 @@ class LIME(AttributionMethod):
         if feature_mask is None:
             images = inputs.detach().to("cpu", torch.float64).permute(0, 2, 3, 1).numpy()
             labels = [superpixels(image, self.segmentation, self.seed) for image in images]
+            single = [index for index, label in enumerate(labels) if label.max() == 0]
+            if single:  # one feature: the map is one constant, which must not pass for an explanation
+                warnings.warn(f"LIME: the {self.segmentation} segmentation found one superpixel in image(s) "
+                              f"{single[:10]}, so their maps are constant; pass feature_mask= (e.g. a grid) or "
+                              "segmentation='quickshift'", RuntimeWarning, stacklevel=4)
             return torch.from_numpy(np.stack(labels)).long()
         if not isinstance(feature_mask, Tensor) or feature_mask.is_floating_point() or feature_mask.is_complex():
             raise TypeError("feature_mask must be an integer tensor of superpixel labels, shaped (H, W) or (B, H, W)")

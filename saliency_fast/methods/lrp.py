@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from .._common import reduce_channels as _reduce, score_outputs
 from ._base import AttributionMethod
+from .gradcam import UnsupportedArchitecture
 
 EPSILON_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d,
                   nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
@@ -85,7 +86,7 @@ class LRP(AttributionMethod):
         unknown = sorted({type(m).__name__ for m in leaves
                           if not isinstance(m, EPSILON_LAYERS + PASS_THROUGH_ACTIVATIONS + RESHAPING)})
         if unknown:
-            raise TypeError(
+            raise UnsupportedArchitecture(
                 f"LRP has no rule for module type(s) {', '.join(unknown)}; supported: "
                 f"{', '.join(t.__name__ for t in EPSILON_LAYERS + PASS_THROUGH_ACTIVATIONS + RESHAPING)}"
             )
