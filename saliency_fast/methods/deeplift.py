@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .._common import reduce_channels as _reduce, score_outputs
+from .._common import input_gradient, reduce_channels as _reduce
 from ..references import Reference
 from ._base import PathAttributionMethod
 
@@ -198,11 +198,8 @@ class DeepLift(PathAttributionMethod):
 
         handles = [h for m in self._rule_modules() for h in (m.register_forward_pre_hook(before),
                                                               m.register_forward_hook(apply_rule))]
-        try:
-            with torch.enable_grad():
-                x = inputs.detach().requires_grad_(True)
-                scores = score_outputs(self._forward(x), target)
-                (grad,) = torch.autograd.grad(scores.sum(), x)
+        try:  # the hooked backward of the target score gives the rule's input gradient
+            grad, _ = input_gradient(self._forward, inputs, target)
         finally:
             for handle in handles:
                 handle.remove()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .._common import reduce_channels as _reduce, score_outputs
+from .._common import input_gradient, reduce_channels as _reduce
 from ._base import AttributionMethod
 from .gradcam import UnsupportedArchitecture
 
@@ -113,13 +113,10 @@ class LRP(AttributionMethod):
 
         handles = [h for m in self._rule_layers() for h in (m.register_forward_pre_hook(before),
                                                             m.register_forward_hook(after))]
-        try:
-            with torch.enable_grad():
-                x = inputs.detach().requires_grad_(True)
-                scores = score_outputs(self._forward(x), target)
-                (relevance,) = torch.autograd.grad(scores.sum(), x)
+        try:  # the hooked backward of the target score gives the rule's input gradient
+            relevance, scores = input_gradient(self._forward, inputs, target)
         finally:
             for handle in handles:
                 handle.remove()
         # The backward pass propagated relevance 1 from the target logit; scale it to f_c(x).
-        return _reduce(relevance * scores.detach().view(-1, 1, 1, 1), reduce_channels)
+        return _reduce(relevance * scores.view(-1, 1, 1, 1), reduce_channels)
