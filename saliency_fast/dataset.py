@@ -58,7 +58,7 @@ from torch import Tensor, nn
 
 from .methods import CAM, GradCAM, GradCAMPlusPlus, GuidedIG, InputXGradient, IntegratedGradients, SAMP, Saliency, SmoothGrad
 from .methods import LIME, LRP, RISE, XRAI, BlurIG, DeepLift
-from ._common import BoundModel, attribution_mode
+from ._common import BoundModel, attribution_mode, check_positive_int
 from ._distributed import ProcessGroup
 from .train.checkpoint import (CHECKSUM_KEY, CorruptFileError, FolderInUseError, FolderLock, atomic_write_bytes,
                                content_checksum, load_verified, remove_stale_temporaries, save_verified)
@@ -560,11 +560,6 @@ class _RunModel(nn.Module):
 # ==============================================================================================
 # the run
 # ==============================================================================================
-def _check_positive(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
-
 
 def _identity_differences(saved: dict, current: dict) -> List[str]:
     differences = []
@@ -730,8 +725,8 @@ def attribute_dataset(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    batch_size = _check_positive(batch_size, "batch_size")
-    shard_size = _check_positive(shard_size, "shard_size")
+    batch_size = check_positive_int(batch_size, "batch_size")
+    shard_size = check_positive_int(shard_size, "shard_size")
     if dtype not in STORAGE_DTYPES:
         raise ValueError(f"dtype must be one of {tuple(STORAGE_DTYPES)}, got {dtype!r}")
     options = dict(method_options or {})

@@ -39,6 +39,7 @@ from ._common import (
     check_finite,
     check_images,
     check_model_device,
+    check_positive_int,
     check_same_device,
     check_score,
     minmax_normalize,
@@ -87,11 +88,6 @@ def default_max_batch(inputs: Tensor) -> int:
     budget = MAX_BATCH_ELEMENTS["cpu" if inputs.device.type == "cpu" else "accelerator"]
     return max(1, budget // max(1, inputs[0].numel()))
 
-
-def _check_positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 def _attribution_maps(attributions: Tensor, inputs: Optional[Tensor] = None) -> Tensor:
@@ -305,8 +301,8 @@ def deletion_insertion(
     height, width = inputs.shape[-2:]
     if pixels_per_step is None:
         pixels_per_step = default_pixels_per_step(height, width)
-    _check_positive_int(pixels_per_step, "pixels_per_step")
-    max_batch = default_max_batch(inputs) if max_batch is None else _check_positive_int(max_batch, "max_batch")
+    check_positive_int(pixels_per_step, "pixels_per_step")
+    max_batch = default_max_batch(inputs) if max_batch is None else check_positive_int(max_batch, "max_batch")
 
     counts = curve_counts(height * width, min(pixels_per_step, height * width), device=inputs.device)
     ranks = pixel_ranks(maps)
@@ -382,7 +378,7 @@ def masked_accuracy(
     fractions_list = [float(f) for f in fractions]
     if not fractions_list or any(not 0.0 <= f <= 1.0 for f in fractions_list):
         raise ValueError(f"fractions must be a non-empty sequence of values in [0, 1], got {fractions!r}")
-    max_batch = default_max_batch(inputs) if max_batch is None else _check_positive_int(max_batch, "max_batch")
+    max_batch = default_max_batch(inputs) if max_batch is None else check_positive_int(max_batch, "max_batch")
 
     num_pixels = inputs.shape[-2] * inputs.shape[-1]
     counts = torch.tensor([math.floor(f * num_pixels + 0.5) for f in fractions_list], device=inputs.device)

@@ -19,9 +19,9 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from .._common import input_gradient, reduce_channels as _reduce
+from .._common import check_positive_int, input_gradient, reduce_channels as _reduce
 from ._base import AttributionMethod
-from .gradients import _check_optional_batch, _check_positive_int, repeats_per_pass
+from .gradients import _check_optional_batch, repeats_per_pass
 
 TRUNCATE = 4.0  # SciPy's gaussian_filter default
 
@@ -76,7 +76,7 @@ class BlurIG(AttributionMethod):
     ):
         super().__init__(model)
         self.max_sigma = _check_positive_number(max_sigma, "max_sigma")
-        self.steps = _check_positive_int(steps, "steps")
+        self.steps = check_positive_int(steps, "steps")
         self.grad_step = _check_positive_number(grad_step, "grad_step")
         self.sqrt = bool(sqrt)
         self.internal_batch_size = _check_optional_batch(internal_batch_size, "internal_batch_size")

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._common import Selector, input_gradient, reduce_channels as _reduce
+from .._common import Selector, check_positive_int, input_gradient, reduce_channels as _reduce
 from ..references import Reference
 from ._base import AttributionMethod, PathAttributionMethod
 
@@ -39,14 +39,8 @@ SMOOTHGRAD_BASES = ("saliency", "input_x_gradient")
 DEFAULT_ELEMENTS_PER_PASS = {"cpu": 1 << 17, "accelerator": 1 << 22}
 
 
-def _check_positive_int(value, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def _check_optional_batch(value, name: str) -> Optional[int]:
-    return None if value is None else _check_positive_int(value, name)
+    return None if value is None else check_positive_int(value, name)
 
 
 def repeats_per_pass(requested_images: Optional[int], inputs: Tensor, total_repeats: int) -> int:
@@ -163,7 +157,7 @@ class IntegratedGradients(PathAttributionMethod):
         self.baseline = baseline
         self._set_call_options(n_steps, method, internal_batch_size)
         if blur_kernel is not None:
-            _check_positive_int(blur_kernel, "blur_kernel")
+            check_positive_int(blur_kernel, "blur_kernel")
         self.blur_kernel = blur_kernel
         self.blur_sigma = blur_sigma
 
@@ -171,7 +165,7 @@ class IntegratedGradients(PathAttributionMethod):
                           internal_batch_size: Optional[int] = -1) -> None:
         """The quadrature and pass size; a call's ``n_steps`` / ``method`` / ``internal_batch_size``
         (Captum's per-call arguments) override the constructor's."""
-        self.n_steps = _check_positive_int(self.n_steps if n_steps is None else n_steps, "n_steps")
+        self.n_steps = check_positive_int(self.n_steps if n_steps is None else n_steps, "n_steps")
         self.method = self.method if method is None else method
         self.alphas, self.weights = quadrature(self.method, self.n_steps)
         if internal_batch_size != -1:
@@ -231,7 +225,7 @@ class SmoothGrad(AttributionMethod):
         output: Selector = None,
     ):
         super().__init__(model, output)
-        self.n_samples = _check_positive_int(n_samples, "n_samples")
+        self.n_samples = check_positive_int(n_samples, "n_samples")
         if not (isinstance(stdev, (int, float)) and np.isfinite(stdev) and stdev >= 0):
             raise ValueError(f"stdev must be a finite number >= 0 (a fraction of the input range), got {stdev!r}")
         self.stdev = float(stdev)

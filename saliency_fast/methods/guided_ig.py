@@ -14,10 +14,10 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
-from .._common import Selector, input_gradient, reduce_channels as _reduce
+from .._common import Selector, check_positive_int, input_gradient, reduce_channels as _reduce
 from ..references import Reference
 from ._base import PathAttributionMethod
-from .gradients import _check_positive_int
+
 
 # PAIR's tolerance for "the L1 distance has reached this step's target" (math.isclose).
 EPSILON = 1e-9
@@ -116,7 +116,7 @@ class GuidedIG(PathAttributionMethod):
         output: Selector = None,
     ):
         super().__init__(model, output)
-        self.x_steps = _check_positive_int(x_steps, "x_steps")
+        self.x_steps = check_positive_int(x_steps, "x_steps")
         if not (isinstance(max_dist, (int, float)) and 0.0 <= max_dist <= 1.0):
             raise ValueError(f"max_dist must be a number in [0, 1], got {max_dist!r}")
         if not (isinstance(fraction, (int, float)) and 0.0 < fraction <= 1.0):

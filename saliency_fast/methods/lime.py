@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._common import Target, check_score, score_outputs
+from .._common import check_positive_int, Target, check_score, score_outputs
 from ._base import AttributionMethod
-from .gradients import _check_optional_batch, _check_positive_int, repeats_per_pass
+from .gradients import _check_optional_batch, repeats_per_pass
 from .xrai import _skimage
 
 SEGMENTATIONS = ("slic", "quickshift")
@@ -95,7 +95,7 @@ class LIME(AttributionMethod):
         batch_size: Optional[int] = None,
     ):
         super().__init__(model)
-        self.n_samples = _check_positive_int(n_samples, "n_samples")
+        self.n_samples = check_positive_int(n_samples, "n_samples")
         if segmentation not in SEGMENTATIONS:
             raise ValueError(f"segmentation must be one of {SEGMENTATIONS}, got {segmentation!r}")
         self.segmentation = segmentation

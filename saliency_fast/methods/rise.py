@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._common import check_score, score_outputs
+from .._common import check_positive_int, check_score, score_outputs
 from ._base import AttributionMethod
-from .gradients import _check_optional_batch, _check_positive_int, repeats_per_pass
+from .gradients import _check_optional_batch, repeats_per_pass
 
 
 def mirror_bilinear_matrix(cells: int, size: int) -> Tensor:
@@ -87,8 +87,8 @@ class RISE(AttributionMethod):
         batch_size: Optional[int] = None,
     ):
         super().__init__(model)
-        self.n_masks = _check_positive_int(n_masks, "n_masks")
-        self.grid_size = _check_positive_int(grid_size, "grid_size")
+        self.n_masks = check_positive_int(n_masks, "n_masks")
+        self.grid_size = check_positive_int(grid_size, "grid_size")
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 < p <= 1.0:
             raise ValueError(f"p must be a number in (0, 1] (the probability a cell is kept), got {p!r}")
         self.p = float(p)

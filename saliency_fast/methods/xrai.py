@@ -27,7 +27,8 @@ import torch
 from torch import Tensor, nn
 
 from ._base import AttributionMethod
-from .gradients import IntegratedGradients, _check_optional_batch, _check_positive_int
+from .._common import check_positive_int
+from .gradients import IntegratedGradients, _check_optional_batch
 
 FELZENSZWALB_SCALES = (50, 100, 150, 250, 500, 1200)
 FELZENSZWALB_SIGMA = 0.8
@@ -134,10 +135,10 @@ class XRAI(AttributionMethod):
     def __init__(self, model: nn.Module, steps: int = 100, internal_batch_size: Optional[int] = None,
                  min_pixel_diff: int = MIN_PIXEL_DIFF):
         super().__init__(model)
-        self.steps = _check_positive_int(steps, "steps")
+        self.steps = check_positive_int(steps, "steps")
         self._ig = _PairIntegratedGradients(model, self.steps, _check_optional_batch(internal_batch_size,
                                                                                      "internal_batch_size"))
-        self.min_pixel_diff = _check_positive_int(min_pixel_diff, "min_pixel_diff")
+        self.min_pixel_diff = check_positive_int(min_pixel_diff, "min_pixel_diff")
         _skimage()  # fail at construction when scikit-image is missing
 
     @property
