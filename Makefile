@@ -15,7 +15,7 @@ PIP := $(BIN)/python -m pip install -q --disable-pip-version-check
 # Prints "<what> ... done in N s" around a quiet step.
 TIMED = t0=$$(date +%s); echo "==> $(1) ..."; $(2) && echo "    done in $$(( $$(date +%s) - t0 )) s"
 
-.PHONY: setup test-extras demo test bench bench-smoke ctest cuda-check gpu-check wheels wheel install-check clean
+.PHONY: setup test-extras demo test bench bench-smoke ctest cxx17-check cuda-check gpu-check wheels wheel install-check clean
 
 setup: $(VENV)/.installed
 
@@ -66,10 +66,19 @@ bench: test-extras
 bench-smoke: test-extras
 	$(BIN)/python -m pytest -q bench --benchmark-disable
 
-ctest: setup
+ctest: setup cxx17-check
 	cmake -S . -B build-cmake -DCMAKE_PREFIX_PATH="$$($(BIN)/python -c 'import torch; print(torch.utils.cmake_prefix_path)')" > /dev/null
 	cmake --build build-cmake -j2
 	ctest --test-dir build-cmake --output-on-failure
+
+# torch before 2.10 builds extensions as C++17 (setup.py accepts torch >= 2.4, and the GPU image
+# has 2.11), while CMake above and torch >= 2.10 use C++20: keep the sources C++17 with a
+# syntax-only pass over each C++ file against the installed torch's headers.
+cxx17-check: setup
+	@includes="$$($(BIN)/python -c 'import sysconfig, torch.utils.cpp_extension as c; print(" ".join("-I" + p for p in c.include_paths() + [sysconfig.get_paths()["include"]]))')"; \
+	for source in csrc/*.cpp csrc/cpu/*.cpp; do \
+	  echo "C++17: $$source"; $${CXX:-c++} -std=c++17 -fsyntax-only -w -fopenmp -Icsrc $$includes $$source || exit 1; \
+	done
 
 # The CUDA build against torch 2.14.1 (a CUDA 13.0 build), compiled in a clean copy of the
 # committed tree so the CPU build above is left alone. Checks that it links, that the ops are

@@ -6,7 +6,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <bit>
 #include <cstdint>
 #include <limits>
 #include <memory>
@@ -42,6 +41,14 @@ constexpr int64_t kBlock = 16;
 // Per-thread scratch, reused across images: the projection, every pixel's ordered key, the
 // chosen pixels, the radix histogram, and the keys and pixels of the bucket that holds the k-th
 // key. Every array holds a whole image, so compaction into them needs no bounds check.
+// The number of bits needed to write ``value`` (std::bit_width is C++20, and torch before 2.10
+// builds extensions as C++17).
+inline int bit_width(uint64_t value) {
+  int bits = 0;
+  for (; value != 0; value >>= 1) ++bits;
+  return bits;
+}
+
 template <typename T>
 struct Workspace {
   using U = typename OrderedBits<T>::U;
@@ -50,7 +57,7 @@ struct Workspace {
   explicit Workspace(int64_t pixels)
       : proj(pixels), keys(pixels), chosen(pixels), candidate_keys(pixels), candidate_pixels(pixels),
         kth_scratch(pixels), block_min((pixels + kBlock - 1) / kBlock),
-        digit_bits(std::clamp(static_cast<int>(std::bit_width(static_cast<uint64_t>(pixels))), 8, 12)),
+        digit_bits(std::clamp(static_cast<int>(bit_width(static_cast<uint64_t>(pixels))), 8, 12)),
         histogram(size_t(1) << digit_bits), lanes(samp::kSumLanes) {}
   int shift() const { return OrderedBits<T>::kBits - digit_bits; }
 
