@@ -64,11 +64,13 @@ __all__ = [
 ]
 
 PATHS = ("deletion", "insertion")
-# default chunk: input elements per model call. On CPU a batch whose activations stay in cache
-# is fastest (the digits CNN on a 2 MB-L2 core, CPU time for the same images: 64 images of
-# 32×32 a call 1.0, 32 1.04, 16 1.23, 128 1.42, 4096 ~2), so 64K elements (256 KB in float32);
-# on accelerators 16M (64 MB), large batches to fill the device.
+# default chunk, in input elements per model call. On CPU a small model is fastest on a batch
+# whose activations stay in cache (64K elements); once one image alone is past the cache, the
+# per-call cost and the matrix products' efficiency dominate instead, so large images go at
+# least CPU_MIN_IMAGES to a call, as long as those hold at most CPU_LARGE_ELEMENTS. On
+# accelerators 16M elements, large batches to fill the device.
 MAX_BATCH_ELEMENTS = {"cpu": 2**16, "accelerator": 2**24}
+CPU_MIN_IMAGES, CPU_LARGE_ELEMENTS = 16, 2**22
 GINI_EPSILON = 1e-7  # added to |a| before the Gini index, as in Quantus Sparseness
 
 
@@ -83,11 +85,13 @@ def default_pixels_per_step(height: int, width: int) -> int:
 
 
 def default_max_batch(inputs: Tensor) -> int:
-    """The most images per model call whose inputs hold at most 64K elements on CPU, 16M on an
-    accelerator (at least one): 64 images of 1×32×32 on CPU, 111 of 3×224×224 on a GPU."""
-    budget = MAX_BATCH_ELEMENTS["cpu" if inputs.device.type == "cpu" else "accelerator"]
-    return max(1, budget // max(1, inputs[0].numel()))
-
+    """Images per model call: on CPU, as many as fit in 64K input elements, and at least 16 when
+    those fit in 4M (64 images of 1×32×32, 16 of 3×224×224, 5 of 3×512×512); on an accelerator
+    as many as fit in 16M (111 of 3×224×224); at least one."""
+    per_image = max(1, inputs[0].numel())
+    if inputs.device.type != "cpu":
+        return max(1, MAX_BATCH_ELEMENTS["accelerator"] // per_image)
+    return max(1, MAX_BATCH_ELEMENTS["cpu"] // per_image, min(CPU_MIN_IMAGES, CPU_LARGE_ELEMENTS // per_image))
 
 
 def _attribution_maps(attributions: Tensor, inputs: Optional[Tensor] = None) -> Tensor:
@@ -281,7 +285,7 @@ def deletion_insertion(
     ``pixels_per_step`` defaults to ``default_pixels_per_step(H, W)``. ``score`` is the curve's
     score ("logit", "probability", "log_probability"); the probability curves are recorded
     too. ``max_batch`` bounds the images per model call (default ``default_max_batch``: 64K
-    input elements on CPU, 16M on GPU). ``paths`` selects deletion and/or insertion. Constant maps raise unless
+    input elements on CPU, but 16 images of 224×224; 16M elements on GPU). ``paths`` selects deletion and/or insertion. Constant maps raise unless
     ``allow_constant`` (then they rank pixels by flat index). ``output`` selects the logits
     from a model that returns a tuple, dict or object.
 

@@ -143,6 +143,15 @@ def test_chunk_shape_takes_fewest_calls_then_fewest_images(batch, points, max_ba
                for b in range(1, images) for s in range(1, points + 1) if b * s <= max_batch)
 
 
+@pytest.mark.parametrize("shape, device, images", [
+    ((1, 32, 32), "cpu", 64), ((3, 32, 32), "cpu", 21),  # small: what fits in 64K elements (cache)
+    ((3, 224, 224), "cpu", 16), ((3, 512, 512), "cpu", 5), ((3, 2048, 2048), "cpu", 1),  # large: several a call
+    ((3, 224, 224), "meta", 111),  # an accelerator: 16M elements
+])
+def test_default_max_batch(shape, device, images):
+    assert metrics.default_max_batch(torch.empty((2, *shape), device=device)) == images
+
+
 def test_default_chunks_group_consecutive_points_of_few_images():
     """64 digits × 104 points on CPU: 104 calls of 8 images × 8 points, not 64 images × 1 point."""
     assert metrics._chunk_shape(64, 104, metrics.default_max_batch(torch.zeros(64, 1, 32, 32))) == (8, 8)
