@@ -43,9 +43,11 @@ demo: setup
 test: test-extras
 	SALIENCY_FAST_REQUIRE_NATIVE=1 $(BIN)/python -m pytest -q tests
 
-# mypy over the package, configured in pyproject.toml's [tool.mypy]; reads the sources only.
+# mypy over the package (configured in pyproject.toml's [tool.mypy]) and the import layers of
+# ARCHITECTURE.md (scripts/check_layers.py); both read the sources only.
 typecheck: test-extras
 	@$(call TIMED,type-checking saliency_fast (mypy),$(BIN)/python -m mypy)
+	@$(call TIMED,checking the import layers,$(BIN)/python scripts/check_layers.py)
 
 # A wheel with the compiled extension, built against (and pinned to) the torch of $(VENV).
 # build/lib* is cleared so no stale file of an earlier build enters the wheel; the object files
