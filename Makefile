@@ -15,7 +15,7 @@ PIP := $(BIN)/python -m pip install -q --disable-pip-version-check
 # Prints "<what> ... done in N s" around a quiet step.
 TIMED = t0=$$(date +%s); echo "==> $(1) ..."; $(2) && echo "    done in $$(( $$(date +%s) - t0 )) s"
 
-.PHONY: setup test-extras demo test bench bench-smoke ctest cxx17-check cuda-check gpu-check wheels wheel install-check clean
+.PHONY: setup test-extras demo test typecheck bench bench-smoke ctest cxx17-check cuda-check gpu-check wheels wheel install-check clean
 
 setup: $(VENV)/.installed
 
@@ -42,6 +42,12 @@ demo: setup
 
 test: test-extras
 	SALIENCY_FAST_REQUIRE_NATIVE=1 $(BIN)/python -m pytest -q tests
+
+# mypy over the package (configured in pyproject.toml's [tool.mypy]) and the import layers of
+# ARCHITECTURE.md (scripts/check_layers.py); both read the sources only.
+typecheck: test-extras
+	@$(call TIMED,type-checking saliency_fast (mypy),$(BIN)/python -m mypy)
+	@$(call TIMED,checking the import layers,$(BIN)/python scripts/check_layers.py)
 
 # A wheel with the compiled extension, built against (and pinned to) the torch of $(VENV).
 # build/lib* is cleared so no stale file of an earlier build enters the wheel; the object files

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gc
 import os
+from typing import Union
 
 import torch
 import torch.distributed as dist
@@ -13,7 +14,7 @@ class ProcessGroup:
     started us and nobody has yet), or a single process. ``close()`` destroys the group only if
     this object created it."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.owns_group = False
         if dist.is_available() and not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
             dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
@@ -22,7 +23,7 @@ class ProcessGroup:
         self.rank = dist.get_rank() if self.active else 0
         self.world = dist.get_world_size() if self.active else 1
 
-    def device(self, model: torch.nn.Module, device=None) -> torch.device:
+    def device(self, model: torch.nn.Module, device: Union[None, str, torch.device] = None) -> torch.device:
         """Where to run: ``device`` if given; under torchrun with CUDA, this process's GPU
         (LOCAL_RANK); else where the model's tensors are. A CUDA device is made current, since
         NCCL collectives (barriers, all-reduces) run on the current device."""

@@ -17,13 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._common import model_device
-from .methods._base import AttributionMethod
+from ._common import Selector, Target, model_device
+from .methods._base import AttributionMethod, Baselines
 
 __all__ = ["quantus_explain", "from_captum", "CaptumMethod"]
 
 
-def _as_batch(inputs, model: nn.Module) -> Tensor:
+def _as_batch(inputs: Union[np.ndarray, Tensor], model: nn.Module) -> Tensor:
     """NumPy or tensor (B, ...) inputs as a tensor on the model's device, in its parameters' dtype."""
     tensor = torch.as_tensor(np.asarray(inputs) if not isinstance(inputs, Tensor) else inputs)
     if not tensor.is_floating_point():
@@ -104,8 +104,9 @@ class CaptumMethod(AttributionMethod):
     def _convergence_delta(self, inputs: Tensor, target: Tensor, maps: Tensor) -> Tensor:
         raise TypeError("return_convergence_delta is not forwarded to Captum; call the Captum object itself")
 
-    def attribute(self, inputs, target=None, baselines=None, additional_forward_args=None, *, output=None,
-                  return_convergence_delta=False, **options):
+    def attribute(self, inputs: Tensor, target: Target = None, baselines: Baselines = None,
+                  additional_forward_args: Any = None, *, output: Selector = None,
+                  return_convergence_delta: bool = False, **options: Any) -> Union[Tensor, tuple[Tensor, Tensor]]:
         if return_convergence_delta:
             raise TypeError("return_convergence_delta is not forwarded to Captum; call the Captum object itself")
         if output is not None:
@@ -113,10 +114,11 @@ class CaptumMethod(AttributionMethod):
         self._call_arguments = additional_forward_args
         return super().attribute(inputs, target, baselines, additional_forward_args, **options)
 
-    def _attribute(self, inputs: Tensor, target: Tensor, **options) -> Tensor:
+    def _attribute(self, inputs: Tensor, target: Tensor, **options: Any) -> Tensor:
         keywords = {**self.options, **options, "target": target}
-        if getattr(self, "baseline", None) is not None:
-            keywords["baselines"] = self.baseline
+        baseline = getattr(self, "baseline", None)  # set per call from ``baselines=`` by the base class
+        if baseline is not None:
+            keywords["baselines"] = baseline
         if getattr(self, "_call_arguments", None) is not None:
             if not self._takes_extra_args:
                 raise TypeError(f"{type(self.attribution).__name__}.attribute takes no additional_forward_args")

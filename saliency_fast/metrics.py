@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -104,6 +104,7 @@ def _attribution_maps(attributions: Tensor, inputs: Optional[Tensor] = None) -> 
         raise TypeError(f"attributions must be a floating tensor, got {attributions.dtype}")
     if inputs is not None:
         batch, channels, height, width = inputs.shape
+        expected: tuple[int, ...]
         if attributions.dim() == 3:
             expected = (batch, height, width)
         else:
@@ -145,12 +146,13 @@ def pixel_ranks(maps: Tensor) -> Tensor:
     return torch.empty_like(order).scatter_(1, order, positions).view(maps.shape)
 
 
-def _model_context(model) -> contextlib.AbstractContextManager:
+def _model_context(model: Callable[[Tensor], Tensor]) -> contextlib.AbstractContextManager:
     """Eval mode with frozen parameters for modules (restored after); plain callables as they are."""
     return attribution_mode(model) if isinstance(model, nn.Module) else contextlib.nullcontext(model)
 
 
-def _validate_model_inputs(model, inputs: Tensor, output: Selector = None):
+def _validate_model_inputs(model: Callable[..., Any], inputs: Tensor, output: Selector = None
+                           ) -> Callable[[Tensor], Tensor]:
     """The model bound to its ``output`` selector (one row of logits per input, checked)."""
     if not callable(model):
         raise TypeError(f"model must be a callable nn.Module, got {type(model).__name__}")
@@ -231,7 +233,7 @@ class DeletionInsertionResult:
     model_calls: int
 
 
-def curve_counts(num_pixels: int, pixels_per_step: int, device=None) -> Tensor:
+def curve_counts(num_pixels: int, pixels_per_step: int, device: Optional[torch.device] = None) -> Tensor:
     """(n_steps + 1,) int64: 0, k, 2k, …, capped at num_pixels; n_steps = ceil(num_pixels / k)."""
     n_steps = math.ceil(num_pixels / pixels_per_step)
     steps = torch.arange(n_steps + 1, device=device, dtype=torch.long)
@@ -244,12 +246,14 @@ def trapezoid_auc(curve: Tensor) -> Tensor:
     return (curve.sum(dim=1) - 0.5 * (curve[:, 0] + curve[:, -1])) / intervals
 
 
-def _score_path(model, start, finish, ranks, counts, target, score, max_batch) -> tuple[Tensor, Tensor]:
+def _score_path(model: Callable[[Tensor], Tensor], start: Tensor, finish: Tensor, ranks: Tensor, counts: Tensor,
+                target: Tensor, score: str, max_batch: int) -> tuple[Tensor, Tensor]:
     """(B, S) score curve and probability curve of one path."""
     batch, points = start.shape[0], counts.shape[0]
-    scores = probabilities = None
+    scores: Optional[Tensor] = None
+    probabilities: Optional[Tensor] = None
     for images, steps, logits in _curve_logits(model, start, finish, ranks, counts, max_batch):
-        if scores is None:
+        if scores is None or probabilities is None:
             scores = logits.new_empty((batch, points))
             probabilities = logits.new_empty((batch, points))
         b, s, classes = logits.shape
@@ -258,6 +262,7 @@ def _score_path(model, start, finish, ranks, counts, target, score, max_batch) -
         probability = score_outputs(flat, chunk_target, "probability").view(b, s)
         probabilities[images, steps] = probability
         scores[images, steps] = probability if score == "probability" else score_outputs(flat, chunk_target, score).view(b, s)
+    assert scores is not None and probabilities is not None  # every path has at least one image and one point
     return scores, probabilities
 
 
@@ -322,7 +327,7 @@ def deletion_insertion(
     batch, points = inputs.shape[0], counts.shape[0]
     model_calls = 1 + len(curves) * _chunk_count(batch, points, _chunk_shape(batch, points, max_batch))
 
-    fields = {}
+    fields: dict[str, Optional[Tensor]] = {}
     for path in PATHS:
         if path not in curves:
             fields.update({f"{path}_auc": None, f"{path}_auc_prob": None, f"{path}_curve": None,
@@ -501,11 +506,11 @@ def localization(
     """
     maps = _attribution_maps(attributions)
     _check_not_constant(maps, allow_constant)
-    batch = maps.shape[0]
-    positive = _check_mask(positive_mask, "positive_mask", batch, tuple(maps.shape[1:]))
+    batch, map_size = maps.shape[0], (maps.shape[1], maps.shape[2])
+    positive = _check_mask(positive_mask, "positive_mask", batch, map_size)
     check_same_device(maps, positive_mask=positive)
     if negative_mask is not None:
-        negative = _check_mask(negative_mask, "negative_mask", batch, tuple(maps.shape[1:]))
+        negative = _check_mask(negative_mask, "negative_mask", batch, map_size)
         check_same_device(maps, negative_mask=negative)
         if negative.shape != positive.shape:
             raise ValueError(

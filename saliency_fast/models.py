@@ -19,10 +19,17 @@ from __future__ import annotations
 import importlib
 import os
 from importlib import resources
-from typing import Optional, Sequence, Union
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
+
+# A weights file as the commands' --weights reads it.
+_WeightsPath = Union[str, "os.PathLike[str]"]
 
 __all__ = ["DigitsCNN", "digits_cnn", "LinearModel", "DIGITS_CNN_WEIGHTS", "Normalized", "load_model",
            "torchvision_model", "timm_model", "load_state", "IMAGENET_MEAN", "IMAGENET_STD", "mnist_cnn",
@@ -73,17 +80,18 @@ class DigitsCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
-def bundled_weights_path(file_name: str):
+def bundled_weights_path(file_name: str) -> Traversable:
     """A Traversable for a bundled weights file (inside the installed package)."""
     return resources.files("saliency_fast") / "weights" / file_name
 
 
-def digits_cnn_weights_path():
+def digits_cnn_weights_path() -> Traversable:
     """A Traversable for the bundled digits weights file (inside the installed package)."""
     return bundled_weights_path(DIGITS_CNN_WEIGHTS)
 
 
-def _bundled(model: nn.Module, path, file_name: str, script: str, map_location) -> nn.Module:
+def _bundled(model: nn.Module, path: Traversable, file_name: str, script: str,
+             map_location: Union[str, torch.device]) -> nn.Module:
     """Load the bundled weights at ``path`` (weights_only=True), or say how to recreate them."""
     if not path.is_file():
         raise FileNotFoundError(
@@ -155,6 +163,9 @@ class Normalized(nn.Module):
         mean, std: per-channel statistics (C values each, std > 0).
     """
 
+    mean: Tensor  # buffers, (1, C, 1, 1)
+    std: Tensor
+
     def __init__(self, model: nn.Module, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
         super().__init__()
         if not isinstance(model, nn.Module):
@@ -184,7 +195,7 @@ class Normalized(nn.Module):
                f"std={tuple(round(v, 4) for v in self.std.flatten().tolist())}"
 
 
-def _optional(package: str):
+def _optional(package: str) -> ModuleType:
     try:
         return importlib.import_module(package)
     except (ImportError, RuntimeError) as error:  # RuntimeError: torchvision's "operator torchvision::nms does not exist" mismatch
@@ -222,7 +233,7 @@ def timm_model(name: str, image_size: Optional[int] = None) -> Normalized:
     return wrapped.eval()
 
 
-def load_state(model: nn.Module, path, spec: str = "the model") -> nn.Module:
+def load_state(model: nn.Module, path: _WeightsPath, spec: str = "the model") -> nn.Module:
     """Load a state_dict file (``torch.save(model.state_dict(), path)``; a checkpoint dict with a
     "state_dict" entry, or a saliency-fast training checkpoint, too) with ``weights_only=True``: no
     pickled code runs. For a :class:`Normalized` model, the file may hold the wrapped architecture's
@@ -258,7 +269,7 @@ def load_state(model: nn.Module, path, spec: str = "the model") -> nn.Module:
     return model
 
 
-def import_factory(spec: str):
+def import_factory(spec: str) -> Callable[..., Any]:
     """``module:factory`` → the callable (ValueError naming --model if it cannot be imported)."""
     module_name, separator, factory_name = spec.partition(":")
     if not separator or not module_name or not factory_name:
@@ -277,7 +288,7 @@ def import_factory(spec: str):
     return factory
 
 
-def load_model(spec: str, weights=None, image_size: Optional[int] = None) -> nn.Module:
+def load_model(spec: str, weights: Optional[_WeightsPath] = None, image_size: Optional[int] = None) -> nn.Module:
     """The model named by ``spec``, in eval mode:
 
     - "digits" / "mnist": :func:`digits_cnn` / :func:`mnist_cnn` (bundled weights unless ``weights``);
@@ -291,6 +302,7 @@ def load_model(spec: str, weights=None, image_size: Optional[int] = None) -> nn.
     if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
         raise ValueError(f"--image-size must be a positive int, got {image_size!r}")
     source, separator, name = spec.partition(":")
+    model: nn.Module
     if spec in ("digits", "mnist"):
         model = (digits_cnn if spec == "digits" else mnist_cnn)(pretrained=weights is None)
     elif separator and source in ("torchvision", "timm") and name:

@@ -48,7 +48,8 @@ def gaussian_kernel_1d(klen: int, sigma: float, truncate: float = 4.0) -> list[f
     return out
 
 
-def gaussian_kernel_2d(klen: int, sigma: float, dtype=torch.float32, device=None) -> Tensor:
+def gaussian_kernel_2d(klen: int, sigma: float, dtype: torch.dtype = torch.float32,
+                       device: Union[None, str, torch.device] = None) -> Tensor:
     """The (klen, klen) SAMP blur kernel; the 2-D filter of a separable delta is an outer product."""
     line = torch.tensor(gaussian_kernel_1d(klen, sigma), dtype=torch.float64)
     return torch.outer(line, line).to(dtype=dtype, device=device)

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import os
+from types import ModuleType
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
@@ -25,7 +26,7 @@ OVERLAY_ALPHA = 0.85  # opacity of the strongest attribution in an overlay
 OVERLAY_DIM = 0.6  # the image under an overlay is shown at this brightness, so white strokes do not drown the colours
 
 
-def _pyplot():
+def _pyplot() -> ModuleType:
     import matplotlib
 
     matplotlib.use("Agg")  # files only; never needs a screen

@@ -12,9 +12,11 @@
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
+from typing import Any, Iterable
 
 from torch import nn
 
@@ -29,7 +31,7 @@ IMAGE_SIZE_HELP = ("resize each image's shorter side to N and crop the centre NÃ
                    "fixed input size, e.g. ViT, for N); default: the torchvision/timm model's own size, else as they are")
 
 
-def add_parser(subparsers) -> None:
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "attribute", help="attribute every image of a dataset; write resumable shards and a manifest",
         description="Attribute every image of a dataset (a .pt/.npy file or an image folder) and write the maps "
@@ -59,8 +61,8 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def parse_options(pairs) -> dict:
-    options = {}
+def parse_options(pairs: Iterable[str]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
     for pair in pairs:
         key, separator, value = pair.partition("=")
         if not separator or not key:
@@ -89,7 +91,7 @@ def image_preparation(model: nn.Module, image_size: int | None) -> tuple[int | N
     return image_size, None
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     model = load_model(args.model, args.weights, args.image_size)
     side, channels = image_preparation(model, args.image_size)
     data = PreparedImages(args.data, side, channels) if side or channels else args.data

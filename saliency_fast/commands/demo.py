@@ -1,19 +1,21 @@
 """`saliency-fast demo`: SAMP, SAMP++ and a plain gradient on test digits with the shipped model."""
 from __future__ import annotations
 
+import argparse
 import os
 import time
+from typing import Sequence
 
 import torch
 from tqdm import tqdm
 
-from .. import SAMP, Saliency
+from ..methods import SAMP, Saliency
 from ..data import load_digits
 from ..models import digits_cnn
 from ..viz import heatmap_grid
 
 
-def add_parser(subparsers) -> None:
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("demo", help="explain test digits with SAMP, SAMP++ and the gradient; write a PNG")
     parser.add_argument("--out", default="out/demo", help="output folder (default: out/demo)")
     parser.add_argument("--images", type=int, default=8, help="number of test digits (default: 8)")
@@ -21,7 +23,7 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def format_table(rows) -> str:
+def format_table(rows: Sequence[tuple[str, float, int, int, float]]) -> str:
     """The demo's table; completeness that does not apply (no path: the gradient) shows as —."""
     lines = [f"{'method':<10} {'completeness err':>17} {'steps':>6} {'model calls':>12} {'time (s)':>9}"]
     for name, error, steps, calls, seconds in rows:
@@ -32,7 +34,7 @@ def format_table(rows) -> str:
     return "\n".join(lines)
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     if args.images < 1:
         raise ValueError(f"--images must be >= 1, got {args.images}")
     from ._args import parse_device

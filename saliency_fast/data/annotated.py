@@ -69,7 +69,7 @@ class Compose:
     def __init__(self, transforms: Sequence[Callable]):
         self.transforms = list(transforms)
 
-    def __call__(self, image, positive, negative):
+    def __call__(self, image: Tensor, positive: Tensor, negative: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         for transform in self.transforms:
             image, positive, negative = transform(image, positive, negative)
         return image, positive, negative

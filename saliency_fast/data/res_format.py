@@ -21,7 +21,7 @@ import csv
 import json
 import os
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -37,10 +37,13 @@ CSV_COLUMNS = ("img_idx", "attention", "img_check")
 ANNOTATION_FOLDER = "attention_label"  # the released layout: <root>/attention_label/*.csv
 Masks = Dict[str, np.ndarray]
 MaskSource = Union[str, os.PathLike, Mapping[str, np.ndarray], None]
+# released CSV files: one file, a folder of them, or a list; None looks beside the images' folder
+Annotations = Union[str, os.PathLike, Iterable[Union[str, os.PathLike]], None]
+Normalization = Tuple[Tuple[float, ...], Tuple[float, ...]]  # (mean, std) per channel
 
 
 # -- masks ------------------------------------------------------------------------------------------
-def binary_mask(array, where: str) -> np.ndarray:
+def binary_mask(array: Any, where: str) -> np.ndarray:
     """A 2-D bool mask from 0/1 (or 0/255 from an 8-bit image) values; anything else is an error."""
     array = np.asarray(array)
     if array.ndim == 3 and array.shape[-1] in (1, 3, 4):  # an image file with channels: must be grey
@@ -177,9 +180,9 @@ def _class_folder_images(root: Path) -> Tuple[List[Tuple[Path, int]], List[str]]
     return samples, classes
 
 
-def _as_masks(source: MaskSource) -> Optional[Masks]:
+def _as_masks(source: MaskSource) -> Masks:
     if source is None:
-        return None
+        return {}
     if isinstance(source, Mapping):
         return {str(name): binary_mask(mask, f"mask {name!r}") for name, mask in source.items()}
     return masks_from_folder(source)
@@ -203,10 +206,10 @@ class AnnotatedImageFolder(Dataset):
         normalize: (mean, std) per channel applied after [0, 1] scaling, or None.
     """
 
-    def __init__(self, root: Union[str, os.PathLike], annotations=None, positive_masks: MaskSource = None,
+    def __init__(self, root: Union[str, os.PathLike], annotations: Annotations = None, positive_masks: MaskSource = None,
                  negative_masks: MaskSource = None, image_size: int = 224, require_masks: bool = False,
                  annotated_only: bool = False, transform: Optional[Callable] = None,
-                 normalize: Optional[Tuple[Tuple[float, ...], Tuple[float, ...]]] = None, channels: int = 3):
+                 normalize: Optional[Normalization] = None, channels: int = 3):
         self.root = Path(root)
         self.samples, self.classes = _class_folder_images(self.root)
         self.image_size, self.transform, self.normalize, self.channels = int(image_size), transform, normalize, channels
@@ -222,11 +225,12 @@ class AnnotatedImageFolder(Dataset):
                 raise ValueError(f"no image under {self.root} has a positive mask; check the img_idx column "
                                  "(the image's file name without extension)")
 
-    def _annotations(self, annotations, positive_masks, negative_masks) -> Tuple[Masks, Masks]:
+    def _annotations(self, annotations: Annotations, positive_masks: MaskSource, negative_masks: MaskSource
+                     ) -> Tuple[Masks, Masks]:
         if annotations is not None and (positive_masks is not None or negative_masks is not None):
             raise ValueError("give either annotations (released CSV files) or positive_masks/negative_masks, not both")
         if positive_masks is not None:
-            return _as_masks(positive_masks), _as_masks(negative_masks) or {}
+            return _as_masks(positive_masks), _as_masks(negative_masks)
         if annotations is None:
             default = self.root.parent / ANNOTATION_FOLDER
             if not default.is_dir():
@@ -245,8 +249,8 @@ class AnnotatedImageFolder(Dataset):
     def _load_image(self, path: Path) -> Tuple[Tensor, Tuple[int, int]]:
         from PIL import Image
 
-        with Image.open(path) as image:
-            image = image.convert("RGB" if self.channels == 3 else "L")
+        with Image.open(path) as file:
+            image = file.convert("RGB" if self.channels == 3 else "L")
             original = (image.height, image.width)
             pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0)
         pixels = pixels.permute(2, 0, 1) if pixels.dim() == 3 else pixels.unsqueeze(0)
@@ -287,7 +291,7 @@ class AnnotatedImageFolder(Dataset):
 def res_format_loaders(root: Union[str, os.PathLike], batch_size: int = 20, image_size: int = 224,
                        train_split: str = "train", test_split: str = "test", annotated_only: bool = True,
                        seed: int = 0, transform: Optional[Callable] = None, channels: int = 3,
-                       normalize=None) -> Tuple[DataLoader, DataLoader, List[str]]:
+                       normalize: Optional[Normalization] = None) -> Tuple[DataLoader, DataLoader, List[str]]:
     """(train_loader, test_loader, classes) over the released layout ``root/{train,test}/<class>/`` with
     ``root/attention_label/*.csv``. ``annotated_only`` trains on the annotated images only (the
     released experiments' setting); the test loader keeps every test image."""
@@ -307,7 +311,8 @@ def res_format_loaders(root: Union[str, os.PathLike], batch_size: int = 20, imag
 
 def explanation_loaders(data: str = "digits", batch_size: int = 20, seed: int = 0, n_train: Optional[int] = 100,
                         n_annotated: Optional[int] = None, jitter: int = 0, incompleteness: float = 0.0,
-                        decoy: bool = False, image_size: int = 32, channels: int = 1):
+                        decoy: bool = False, image_size: int = 32, channels: int = 1
+                        ) -> Tuple[DataLoader, DataLoader, int, int, int]:
     """Loaders for explanation supervision, as the ``train`` CLI needs them:
     (train_loader, test_loader, channels, size, classes).
 
