@@ -368,7 +368,7 @@ def test_bad_inputs():
 
 
 def test_registered_in_methods():
-    from saliency_fast.train import METHODS as REGISTRY
+    from saliency_fast.train import OBJECTIVES as REGISTRY
 
     assert isinstance(REGISTRY["res-g"](), RES) and REGISTRY["res-g"]().variant == "G"
     assert REGISTRY["res-l"]().variant == "L"

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from .._distributed import ProcessGroup
 from . import checkpoint as ckpt
-from .methods import TrainingMethod
+from .objectives import TrainingMethod
 
 
 class TrainingDiverged(FloatingPointError):

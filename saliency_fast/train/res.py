@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..methods.gradcam import gradcam_maps, resolve_layer
-from .methods import MethodOutput, TrainingMethod, check_choice, check_nonnegative, evaluating, unwrap
+from .objectives import MethodOutput, TrainingMethod, check_choice, check_nonnegative, evaluating, unwrap
 
 Layer = Union[str, nn.Module, None]
 

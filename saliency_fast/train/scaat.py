@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from .._reference import BUDGET_MODES
-from .methods import (MethodOutput, TrainingMethod, check_choice, check_nonnegative, evaluating,
+from .objectives import (MethodOutput, TrainingMethod, check_choice, check_nonnegative, evaluating,
                       input_saliency, kl_to, unwrap)
 
 
