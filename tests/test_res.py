@@ -12,8 +12,9 @@ from torch import nn
 
 from saliency_fast._distributed import destroy_process_group
 from saliency_fast.train import fit
-from saliency_fast.train.res import (GRADIA, HAICS, RES, explanation_threshold, evaluate_explanations,
-                                     projector_geometry, signed_target)
+from saliency_fast.train.res import GRADIA, HAICS, RES, projector_geometry
+from saliency_fast.train.res_eval import evaluate_explanations
+from saliency_fast.train.res_losses import explanation_threshold, signed_target
 
 
 # -- a plain transcription of res.md (per image, per cell, Python loops) --------------------------

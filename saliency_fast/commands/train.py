@@ -291,7 +291,8 @@ def run(args) -> int:
                           title=f"|gradient| of the label's logit, before and after {args.method}",
                           note="brighter: the logit is more sensitive to the pixel; each map scaled by its own max")
     if explaining:
-        from ..train.res import evaluate_explanations, save_overlay_figure
+        from ..train.res_eval import evaluate_explanations
+        from ..train.res_figures import save_overlay_figure
 
         overlays = save_overlay_figure(model, images, shown[2][:8], shown[3][:8], os.path.join(out, "gradcam_masks.png"),
                                        layer=getattr(method, "layer", None), labels=labels)

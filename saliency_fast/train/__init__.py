@@ -14,7 +14,9 @@ from .checkpoint import load_checkpoint
 from .fit import History, TrainingDiverged, evaluate, fit
 from .objectives import (MethodOutput, Plain, SaliencyGuided, TrainingMethod, evaluating, input_saliency, kl_to,
                          unwrap)
-from .res import GRADIA, HAICS, RES, ExplanationSupervision, evaluate_explanations, explanation_threshold
+from .res import GRADIA, HAICS, RES, ExplanationSupervision
+from .res_eval import evaluate_explanations
+from .res_losses import explanation_threshold
 from .scaat import PGDAT, SCAAT, TRADES, AdversarialTraining
 
 OBJECTIVES: Dict[str, Callable[..., TrainingMethod]] = {
