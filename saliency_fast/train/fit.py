@@ -69,7 +69,8 @@ class _Distributed(ProcessGroup):
         return value
 
     def average_gradients(self, parameters) -> None:
-        """All-reduce the gradients DDP does not see (a method's own parameters, e.g. RES-L's Φ)."""
+        """Average across processes the gradients DDP does not see (an objective's own parameters,
+        e.g. RES-L's Φ). The one place they are averaged: objectives never reduce their own."""
         if not self.active:
             return
         for parameter in parameters:

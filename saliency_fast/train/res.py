@@ -29,7 +29,6 @@ from __future__ import annotations
 from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -72,6 +71,9 @@ class MaskProjector(nn.Module):
     tensors and are filled in place (same Parameter objects) at the first batch, with
     Conv2d's default initialisation; optimisers that create their per-parameter state at the
     first step (SGD, Adam, AdamW, ...) then train Φ jointly with the model.
+
+    Φ lives outside the DDP-wrapped model; under DDP the trainer averages its gradients across
+    processes (:meth:`RES.parameters`), once, as it does for every objective's own parameters.
     """
 
     def __init__(self):
@@ -79,7 +81,6 @@ class MaskProjector(nn.Module):
         self.weight = nn.Parameter(torch.empty(0))
         self.bias = nn.Parameter(torch.empty(0))
         self.geometry: Optional[Tuple[Tuple[int, int], ...]] = None
-        self._hooks = []
 
     @property
     def built(self) -> bool:
@@ -91,18 +92,6 @@ class MaskProjector(nn.Module):
         self.weight.data = reference.weight.data.to(self.weight.device, self.weight.dtype)
         self.bias.data = reference.bias.data.to(self.bias.device, self.bias.dtype)
         self.geometry = geometry
-        self._average_gradients_across_processes()
-
-    def _average_gradients_across_processes(self) -> None:
-        """Φ lives outside the DDP-wrapped model, so its gradients are averaged here."""
-        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1) or self._hooks:
-            return
-
-        def average(parameter: Tensor) -> None:
-            dist.all_reduce(parameter.grad, op=dist.ReduceOp.SUM)
-            parameter.grad.div_(dist.get_world_size())
-
-        self._hooks = [p.register_post_accumulate_grad_hook(average) for p in (self.weight, self.bias)]
 
     def forward(self, positive_full: Tensor, map_size: Tuple[int, int]) -> Tensor:
         if not self.built:
@@ -124,8 +113,6 @@ class MaskProjector(nn.Module):
         self.bias.data = state["bias"].to(self.bias.device, self.bias.dtype)
         geometry = state["geometry"]
         self.geometry = tuple(tuple(part) for part in geometry) if geometry is not None else None
-        if self.built:
-            self._average_gradients_across_processes()
 
 
 # -- the training objectives ----------------------------------------------------------------------
