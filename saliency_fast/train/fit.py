@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._distributed import ProcessGroup
+from .._jsonable import jsonable
 from . import checkpoint as ckpt
 from .objectives import TrainingMethod
 
@@ -332,18 +333,19 @@ def _train(model, method, train_loader, epochs, optimizer, val_loader, checkpoin
         return trainer.run(start_epoch, val_loader)
 
 
-def _plain(value):
-    """A JSON-like record of a hyper-parameter (tensors by shape and checksum, objects by repr)."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, (list, tuple)):
-        return [_plain(item) for item in value]
-    if isinstance(value, dict):
-        return {str(key): _plain(item) for key, item in value.items()}
+def _config_leaf(value: Any) -> Any:
+    """The run config's record of a hyper-parameter that is not plain data: a one-element tensor
+    by its value, other tensors by shape and checksum, modules by repr, anything else by its
+    type's name."""
     if isinstance(value, Tensor):
         return {"tensor": list(value.shape), "checksum": ckpt.content_checksum(value)} if value.numel() != 1 \
             else float(value.detach())
     return repr(value) if isinstance(value, nn.Module) else type(value).__name__
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-ready record of a hyper-parameter (see :func:`_config_leaf`)."""
+    return jsonable(value, _config_leaf)
 
 
 def run_config(method: TrainingMethod, optimizer, scheduler, amp: bool) -> Dict[str, Any]:
