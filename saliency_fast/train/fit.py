@@ -27,6 +27,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._common import check_positive_int
 from .._distributed import ProcessGroup
 from .._jsonable import jsonable
 from . import checkpoint as ckpt
@@ -306,8 +307,7 @@ def fit(model: nn.Module, method: TrainingMethod, train_loader: Iterable, epochs
         raise TypeError(f"method must be a sf.train.TrainingMethod (e.g. sf.train.Plain()), got {type(method).__name__}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(epochs, int) or epochs < 0:
-        raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
+    epochs = check_positive_int(epochs, "epochs", minimum=0)
     distributed = _Distributed()
     try:
         return _train(model, method, train_loader, epochs, optimizer, val_loader, checkpoint_dir, resume, device, amp,
