@@ -117,6 +117,8 @@ class MaskProjector(nn.Module):
 
 # -- the training objectives ----------------------------------------------------------------------
 def check_explanation_batch(batch: Sequence, name: str) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor], Tensor]:
+    """(x, y, positive, negative, has_mask) of an explanation-supervision batch, the masks as
+    (B, H, W) and ``has_mask`` as one bool per image; a ValueError naming ``name`` otherwise."""
     if len(batch) != 5:
         raise ValueError(f"{name} needs batches (x, y, positive_mask, negative_mask, has_mask), got {len(batch)} "
                          "items; use saliency_fast.data.annotated_digits_loaders or res_format_loaders")
