@@ -212,18 +212,18 @@ def load_data(spec: str, batch_size: int, seed: int):
 def _images(array: np.ndarray, name: str, spec: str = "") -> torch.Tensor:
     if array.dtype.kind not in "fiub":
         raise ValueError(f"{spec}: {name} has dtype {array.dtype}; images must be numbers in [0, 1]")
-    array = torch.from_numpy(np.ascontiguousarray(array)).float()
-    if array.dim() == 3:
-        array = array.unsqueeze(1)
-    if array.dim() != 4:
-        raise ValueError(f"{spec}: {name} must have shape (N, C, H, W) or (N, H, W), got {tuple(array.shape)}")
-    if array.shape[0] == 0:
+    images = torch.from_numpy(np.ascontiguousarray(array)).float()
+    if images.dim() == 3:
+        images = images.unsqueeze(1)
+    if images.dim() != 4:
+        raise ValueError(f"{spec}: {name} must have shape (N, C, H, W) or (N, H, W), got {tuple(images.shape)}")
+    if images.shape[0] == 0:
         raise ValueError(f"{spec}: {name} holds no images")
-    if not bool(torch.isfinite(array).all()):
+    if not bool(torch.isfinite(images).all()):
         raise ValueError(f"{spec}: {name} contains NaN or Inf values")
-    if float(array.min()) < 0 or float(array.max()) > 1:
+    if float(images.min()) < 0 or float(images.max()) > 1:
         raise ValueError(f"{spec}: {name} must hold values in [0, 1] (the attack clamps to that range)")
-    return array.contiguous()
+    return images.contiguous()
 
 
 def _labels(array: np.ndarray, name: str, spec: str, count: int) -> torch.Tensor:

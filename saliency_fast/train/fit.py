@@ -102,7 +102,7 @@ def _shard(batch: tuple, distributed: _Distributed) -> Optional[tuple]:
 
 def _loader_generators(loader: Iterable) -> List[torch.Generator]:
     """torch.Generators a DataLoader shuffles with, so their state goes into the checkpoint."""
-    found = []
+    found: List[torch.Generator] = []
     for owner in (loader, getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None),
                   getattr(getattr(loader, "batch_sampler", None), "sampler", None)):
         generator = getattr(owner, "generator", None)
@@ -210,7 +210,7 @@ class _Trainer:
 
     def save(self, epochs_done: int) -> None:
         if self.checkpoint_dir is not None and self.distributed.main:
-            ckpt.save_checkpoint(self.checkpoint_path, self.state(epochs_done))
+            ckpt.save_checkpoint(self.checkpoint_dir / ckpt.CHECKPOINT_NAME, self.state(epochs_done))
             ckpt.write_log(self.checkpoint_dir / ckpt.LOG_NAME, list(self.history))
         self.distributed.barrier()
 
@@ -224,7 +224,7 @@ class _Trainer:
             f"batch {batch_index + 1}; {kept}. Lower the learning rate or epsilon, or check the inputs for NaN/Inf."
         )
 
-    def train_epoch(self, epoch: int) -> Dict[str, float]:
+    def train_epoch(self, epoch: int) -> Dict[str, Optional[float]]:
         self.method.epoch_start(epoch, self.epochs)
         sums: Dict[str, Tensor] = defaultdict(lambda: torch.zeros((), dtype=torch.float64, device=self.device))
         batches = self.loader
@@ -262,12 +262,13 @@ class _Trainer:
             if batches is not self.loader and batch_index % 10 == 0:
                 batches.set_postfix(loss=f"{float(loss):.4f}")
         names = sorted(sums)
-        totals = self.distributed.all_sum(torch.stack([sums[name] for name in names])) if names else None
-        totals = dict(zip(names, totals.tolist())) if names else {}
+        totals: Dict[str, float] = {}
+        if names:
+            totals = dict(zip(names, self.distributed.all_sum(torch.stack([sums[name] for name in names])).tolist()))
         count = totals.pop("count", 0.0)
         if count == 0:
             raise ValueError("the training loader yielded no batch")
-        record = {"loss": totals.pop("loss") / count}
+        record: Dict[str, Optional[float]] = {"loss": totals.pop("loss") / count}
         scored = totals.pop("scored", 0.0)
         correct = totals.pop("correct", 0.0)
         record["accuracy"] = correct / scored if scored else None

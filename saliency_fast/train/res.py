@@ -26,7 +26,7 @@ The losses are in :mod:`.res_losses`, the evaluation (IoU, precision, recall, F1
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union, cast
 
 import torch
 import torch.nn.functional as F
@@ -38,10 +38,12 @@ from .res_losses import (align_loss, cell_weights, gaussian_target, gradia_loss,
                          normalize_cam, signed_target)
 
 Layer = Union[str, nn.Module, None]
+Pair = Tuple[int, int]
+Geometry = Tuple[Pair, Pair, Pair]  # (kernel, stride, padding) of Φ, each (height, width)
 
 
 # -- Φ of RES-L -----------------------------------------------------------------------------------
-def projector_geometry(input_size: Tuple[int, int], map_size: Tuple[int, int]) -> Tuple[Tuple[int, int], ...]:
+def projector_geometry(input_size: Sequence[int], map_size: Sequence[int]) -> Geometry:
     """(kernel, stride, padding) per axis of Φ: stride = H/h, kernel = 2·stride, padding = stride/2.
 
     For ResNet-50 (224 → 7): kernel 64, stride 32, padding 16, as the released script. An odd
@@ -60,7 +62,7 @@ def projector_geometry(input_size: Tuple[int, int], map_size: Tuple[int, int]) -
         stride.append(step)
         kernel.append(3 if step == 1 else 2 * step)
         padding.append(1 if step == 1 else (step + 1) // 2)
-    return tuple(kernel), tuple(stride), tuple(padding)
+    return cast(Geometry, (tuple(kernel), tuple(stride), tuple(padding)))
 
 
 class MaskProjector(nn.Module):
@@ -80,23 +82,23 @@ class MaskProjector(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(0))
         self.bias = nn.Parameter(torch.empty(0))
-        self.geometry: Optional[Tuple[Tuple[int, int], ...]] = None
+        self.geometry: Optional[Geometry] = None
 
     @property
     def built(self) -> bool:
         return self.geometry is not None
 
-    def build(self, input_size: Tuple[int, int], map_size: Tuple[int, int]) -> None:
+    def build(self, input_size: Sequence[int], map_size: Sequence[int]) -> Geometry:
         geometry = projector_geometry(input_size, map_size)
         reference = nn.Conv2d(1, 1, geometry[0], stride=geometry[1], padding=geometry[2])
         self.weight.data = reference.weight.data.to(self.weight.device, self.weight.dtype)
-        self.bias.data = reference.bias.data.to(self.bias.device, self.bias.dtype)
+        self.bias.data = cast(Tensor, reference.bias).data.to(self.bias.device, self.bias.dtype)
         self.geometry = geometry
+        return geometry
 
-    def forward(self, positive_full: Tensor, map_size: Tuple[int, int]) -> Tensor:
-        if not self.built:
-            self.build(tuple(positive_full.shape[-2:]), tuple(map_size))
-        _, stride, padding = self.geometry
+    def forward(self, positive_full: Tensor, map_size: Sequence[int]) -> Tensor:
+        geometry = self.geometry if self.geometry is not None else self.build(positive_full.shape[-2:], map_size)
+        _, stride, padding = geometry
         out = F.conv2d(positive_full.unsqueeze(1).to(self.weight.dtype), self.weight, self.bias, stride=stride,
                        padding=padding).squeeze(1)
         if tuple(out.shape[-2:]) != tuple(map_size):
@@ -104,15 +106,15 @@ class MaskProjector(nn.Module):
                              f"the maps are {tuple(map_size)}; train with one input size")
         return normalize_cam(out)
 
-    def state(self) -> Dict[str, object]:
+    def state(self) -> Dict[str, Any]:
         return {"weight": self.weight.detach().clone(), "bias": self.bias.detach().clone(),
-                "geometry": [list(part) for part in self.geometry] if self.built else None}
+                "geometry": [list(part) for part in self.geometry] if self.geometry is not None else None}
 
-    def load(self, state: Dict[str, object]) -> None:
+    def load(self, state: Dict[str, Any]) -> None:
         self.weight.data = state["weight"].to(self.weight.device, self.weight.dtype)
         self.bias.data = state["bias"].to(self.bias.device, self.bias.dtype)
         geometry = state["geometry"]
-        self.geometry = tuple(tuple(part) for part in geometry) if geometry is not None else None
+        self.geometry = cast(Geometry, tuple(tuple(part) for part in geometry)) if geometry is not None else None
 
 
 # -- the training objectives ----------------------------------------------------------------------
@@ -239,7 +241,7 @@ class RES(ExplanationSupervision):
         self._projector = MaskProjector() if self.variant == "L" else None
 
     @property
-    def name(self) -> str:
+    def name(self) -> str:  # type: ignore[override]  # per instance (res-g, res-l), read-only
         return f"res-{self.variant.lower()}"
 
     @property
@@ -265,12 +267,12 @@ class RES(ExplanationSupervision):
         self._projector.load(state["projector"])
 
     def explanation_target(self, target: Tensor, positive: Tensor, negative: Optional[Tensor]) -> Tensor:
-        if self.variant == "G":
+        if self._projector is None:  # variant G
             return gaussian_target(target)
         positive_only = positive.to(torch.bool)
         if negative is not None:
             positive_only = positive_only & ~negative.to(torch.bool)
-        return self._projector(positive_only, tuple(target.shape[-2:])).to(target.dtype)
+        return self._projector(positive_only, target.shape[-2:]).to(target.dtype)
 
     def explanation_loss(self, maps, target, has_mask, positive, negative):
         align, threshold = align_loss(maps, target, has_mask)
