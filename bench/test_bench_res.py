@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from saliency_fast.data.annotated import annotated_digits
 from saliency_fast.models import DigitsCNN
 from saliency_fast.train import Plain, RES
-from saliency_fast.train.res import explanation_threshold, gaussian_target, signed_target
+from saliency_fast.train.res_losses import explanation_threshold, gaussian_target, signed_target
 
 BATCH, SIDE, LAYER = 20, 28, "features.5"
 ROUNDS = 3

@@ -30,7 +30,7 @@ import torch
 from saliency_fast.data.annotated import annotated_digits_loaders
 from saliency_fast.models import DigitsCNN
 from saliency_fast.train import GRADIA, HAICS, RES, Plain, fit
-from saliency_fast.train.res import evaluate_explanations
+from saliency_fast.train.res_eval import evaluate_explanations
 
 METHODS = {
     "Baseline": lambda weight: Plain(),

@@ -1,6 +1,6 @@
 """sf.train objectives, sf.train.fit and sf.attribute_dataset on CUDA.
 
-- One loss + gradient of every objective in sf.train.METHODS on the device, in float64, against
+- One loss + gradient of every objective in sf.train.OBJECTIVES on the device, in float64, against
   the float64 CPU run: same loss and parameter gradients within FLOAT64_RTOL (relative to the
   largest reference entry). Randomness is pinned: attacks start at delta = 0 and SGT's random
   fill draws its noise from a seeded CPU generator on both runs.
@@ -76,12 +76,12 @@ def loss_and_gradients(model, method, data, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("name", sorted(train.METHODS))
+@pytest.mark.parametrize("name", sorted(train.OBJECTIVES))
 def test_every_objective_on_device_matches_float64_cpu(device, name, pinned_rand_like):
-    assert set(OBJECTIVE_OPTIONS) == set(train.METHODS), "a new objective needs its options here"
+    assert set(OBJECTIVE_OPTIONS) == set(train.OBJECTIVES), "a new objective needs its options here"
     model, data = tiny_model(), batch()
     device_model = copy.deepcopy(model)
-    method = train.METHODS[name](**OBJECTIVE_OPTIONS[name])
+    method = train.OBJECTIVES[name](**OBJECTIVE_OPTIONS[name])
     expected_loss, expected_gradients = loss_and_gradients(model, method, data, "cpu")
     device_method = copy.deepcopy(method)  # after the CPU run: RES-L's projector Φ is built, same weights
     loss, gradients = loss_and_gradients(device_model, device_method, data, device)
@@ -101,7 +101,7 @@ def test_fit_one_epoch_on_device(device, amp, name, tmp_path):
     x, y, positive, negative, has_mask = batch(n=6, dtype=torch.float32)
     loader = DataLoader(TensorDataset(x, y, positive, negative, has_mask), batch_size=3)
     model = tiny_model().float()
-    method = train.METHODS[name](**OBJECTIVE_OPTIONS[name])
+    method = train.OBJECTIVES[name](**OBJECTIVE_OPTIONS[name])
     history = train.fit(model, method, loader, epochs=1, device=device, amp=amp, progress=False,
                         checkpoint_dir=tmp_path)
     assert len(history) == 1 and all(torch.isfinite(torch.tensor(float(v))) for v in history[0].values()

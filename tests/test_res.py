@@ -12,8 +12,9 @@ from torch import nn
 
 from saliency_fast._distributed import destroy_process_group
 from saliency_fast.train import fit
-from saliency_fast.train.res import (GRADIA, HAICS, RES, explanation_threshold, evaluate_explanations,
-                                     projector_geometry, signed_target)
+from saliency_fast.train.res import GRADIA, HAICS, RES, projector_geometry
+from saliency_fast.train.res_eval import evaluate_explanations
+from saliency_fast.train.res_losses import explanation_threshold, signed_target
 
 
 # -- a plain transcription of res.md (per image, per cell, Python loops) --------------------------
@@ -368,7 +369,7 @@ def test_bad_inputs():
 
 
 def test_registered_in_methods():
-    from saliency_fast.train import METHODS as REGISTRY
+    from saliency_fast.train import OBJECTIVES as REGISTRY
 
     assert isinstance(REGISTRY["res-g"](), RES) and REGISTRY["res-g"]().variant == "G"
     assert REGISTRY["res-l"]().variant == "L"
@@ -402,7 +403,7 @@ def _ddp_res_l_worker(rank, world, init_file, out_dir):
 
 
 def test_ddp_keeps_projector_in_sync(tmp_path):
-    """Φ lives outside the DDP-wrapped model: its gradients are averaged across processes by hooks,
+    """Φ lives outside the DDP-wrapped model: the trainer averages its gradients across processes,
     so every rank keeps the same Φ (and DDP keeps the same model)."""
     import torch.multiprocessing as mp
 
@@ -411,3 +412,61 @@ def test_ddp_keeps_projector_in_sync(tmp_path):
     torch.testing.assert_close(first["phi"], second["phi"], rtol=0, atol=0)
     for name in first["model"]:
         torch.testing.assert_close(first["model"][name], second["model"][name], rtol=0, atol=0)
+
+
+class _RecordingSGD(torch.optim.SGD):
+    """SGD that keeps a copy of the given parameters' gradients as the step sees them."""
+
+    def __init__(self, params, watched, lr):
+        super().__init__(params, lr=lr)
+        self.watched, self.seen = watched, []
+
+    def step(self, closure=None):
+        self.seen.append([p.grad.detach().clone() for p in self.watched])
+        return super().step(closure)
+
+
+def _ddp_phi_gradient_worker(rank, world, init_file, out_dir):
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    reduce = torch.distributed.all_reduce
+    try:
+        torch.manual_seed(0)
+        model, method = Tiny(), RES("L")
+        phi = [method.projector.weight, method.projector.bias]
+        local, phi_reductions = [[], []], []
+        for index, parameter in enumerate(phi):  # registered first: this process's own gradient, before averaging
+            parameter.register_post_accumulate_grad_hook(lambda p, index=index: local[index].append(p.grad.detach().clone()))
+
+        def counting_all_reduce(tensor, *args, **kwargs):
+            phi_reductions.extend(index for index, p in enumerate(phi) if tensor is p.grad)
+            return reduce(tensor, *args, **kwargs)
+
+        torch.distributed.all_reduce = counting_all_reduce
+        x, y, positive, negative, has = make_batch(batch=6, seed=rank)  # different data per rank: Φ grads differ
+        optimizer = _RecordingSGD(list(model.parameters()) + method.parameters(), phi, lr=0.5)
+        fit(model, method, [(x.float(), y, positive, negative, has)] * 2, 1, optimizer=optimizer, progress=False)
+        torch.save({"local": local, "stepped": optimizer.seen, "reductions": phi_reductions},
+                   f"{out_dir}/phi{rank}.pt")
+    finally:
+        torch.distributed.all_reduce = reduce
+        destroy_process_group()  # collects fit's DDP wrapper first: see saliency_fast/_distributed.py
+
+
+def test_ddp_averages_projector_gradients_once(tmp_path):
+    """Φ's gradients are all-reduced once per step (by the trainer, which averages every gradient
+    DDP does not see), and the optimiser steps with the plain average of the processes' gradients."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_ddp_phi_gradient_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"phi{r}.pt", weights_only=True) for r in (0, 1)]
+    for record in ranks:
+        assert sorted(record["reductions"]) == [0, 0, 1, 1]  # 2 steps × (weight, bias), once each
+        assert [len(grads) for grads in record["local"]] == [2, 2] and len(record["stepped"]) == 2
+    for step in range(2):
+        for index in range(2):  # weight, bias
+            own = [record["local"][index][step] for record in ranks]
+            assert not torch.equal(own[0], own[1])  # the ranks' own gradients differ...
+            average = (own[0] + own[1]) / 2
+            for record in ranks:  # ...and each steps with their average, reduced once
+                torch.testing.assert_close(record["stepped"][step][index], average, rtol=0, atol=0)

@@ -1,5 +1,6 @@
 """SCAAT, PGD-AT, TRADES and Saliency Guided Training as sf.train methods: modes of each pass,
 budget constraint of the attack, schedules, losses, registry and argument errors."""
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -131,8 +132,9 @@ def test_plain_loss_is_cross_entropy():
 
 
 def test_registry_and_defaults():
-    assert set(train.METHODS) >= {"plain", "sgt", "pgdat", "trades", "scaat"}
-    for name, factory in train.METHODS.items():
+    assert set(train.OBJECTIVES) == {"plain", "sgt", "pgdat", "trades", "scaat", "res-g", "res-l", "gradia", "haics"}
+    assert train.METHODS is train.OBJECTIVES  # the former name of the one registry
+    for name, factory in train.OBJECTIVES.items():
         method = factory()
         assert isinstance(method, train.TrainingMethod) and method.name == name
     scaat = train.SCAAT()
@@ -145,6 +147,15 @@ def test_bad_arguments_name_the_argument():
         train.SCAAT(budget="median")
     with pytest.raises(ValueError, match="steps"):
         train.SCAAT(steps=0)
+    for bad in (True, 2.0):  # the one int validator (_common.check_positive_int): no bools, no floats
+        with pytest.raises(ValueError, match="steps must be a positive int"):
+            train.SCAAT(steps=bad)
+    with pytest.raises(ValueError, match="warmup_epochs must be an int >= 0"):
+        train.SCAAT(warmup_epochs=-1)
+    with pytest.raises(ValueError, match="ramp_epochs must be an int >= 0"):
+        train.SCAAT(ramp_epochs=0.5)
+    scaat = train.SCAAT(steps=np.int64(2), warmup_epochs=np.int32(1), ramp_epochs=None)
+    assert (type(scaat.steps), scaat.steps, type(scaat.warmup_epochs), scaat.ramp_epochs) == (int, 2, int, None)
     with pytest.raises(ValueError, match="input_range"):
         train.SCAAT(input_range=(1, 0))
     with pytest.raises(ValueError, match="attack_loss"):

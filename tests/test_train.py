@@ -226,3 +226,31 @@ def test_cli_trains_on_user_data_and_writes_outputs(tmp_path, capsys):
     assert "rho=0.2" in capsys.readouterr().out
     assert main(["train", "plain", "--data", str(tmp_path / "data.npz"), "--rho", "0.1"]) == 2  # plain takes no rho
     assert "does not take rho" in capsys.readouterr().err
+
+
+def test_run_config_records_settings_as_json():
+    """The config a checkpoint keeps (what resume compares): plain data as is, tuples as lists, a
+    one-element tensor by value, other tensors by shape and checksum, modules by repr, other
+    objects by their type's name — through the one JSON walker the manifests use too."""
+    import numpy as np
+
+    from saliency_fast._jsonable import jsonable
+    from saliency_fast.train.checkpoint import content_checksum
+    from saliency_fast.train.fit import run_config
+
+    assert jsonable({"a": (1, "x"), 2: [None, np.float64(0.5), 3j]}, lambda value: f"leaf {value!r}") == \
+        {"a": [1, "x"], "2": [None, 0.5, "leaf 3j"]}
+
+    class Settings(train.Plain):
+        def __init__(self):
+            self.scale, self.kernel, self.act, self.other = torch.tensor(2.5), torch.ones(2, 3), nn.ReLU(), object()
+            self.pair = (1, {4: torch.zeros(2)})
+
+    model = nn.Linear(2, 2)
+    config = run_config(Settings(), torch.optim.SGD(model.parameters(), lr=0.1), None, amp=False)
+    assert config["method"] == {"scale": 2.5, "kernel": {"tensor": [2, 3], "checksum": content_checksum(torch.ones(2, 3))},
+                                "act": "ReLU()", "other": "object",
+                                "pair": [1, {"4": {"tensor": [2], "checksum": content_checksum(torch.zeros(2))}}]}
+    assert config["optimizer"]["class"] == "SGD" and config["optimizer"]["groups"][0]["lr"] == 0.1
+    assert config["scheduler"] is None and config["amp"] is False
+    json.dumps(config)

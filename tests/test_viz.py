@@ -10,7 +10,7 @@ import torch
 import saliency_fast as sf
 from saliency_fast.cli import build_parser
 from saliency_fast.commands.train import METHOD_FLAGS, schedule_warnings
-from saliency_fast.train import METHODS, SCAAT, PGDAT
+from saliency_fast.train import OBJECTIVES, SCAAT, PGDAT
 
 
 def test_viz_is_an_attribute_of_the_package():
@@ -55,7 +55,7 @@ def test_train_help_lists_every_method_and_explains_every_option(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--help"])
     text = capsys.readouterr().out
-    for name in METHODS:
+    for name in OBJECTIVES:
         assert f"\n  {name} " in text, name
     parser = build_parser()
     train = parser._subparsers._group_actions[0].choices["train"]
@@ -68,7 +68,7 @@ def test_a_warm_up_longer_than_the_run_is_reported():
     assert "trains plainly" in schedule_warnings(SCAAT(), 2)[0]
     assert schedule_warnings(SCAAT(), 3) == []  # 2 warm-up epochs + a 1-epoch ramp
     assert "never reaches" in schedule_warnings(SCAAT(ramp_epochs=5), 4)[0]
-    assert schedule_warnings(PGDAT(), 1) == [] and schedule_warnings(METHODS["plain"](), 1) == []
+    assert schedule_warnings(PGDAT(), 1) == [] and schedule_warnings(OBJECTIVES["plain"](), 1) == []
 
 
 def test_demo_marks_completeness_that_does_not_apply():

@@ -1,4 +1,4 @@
-"""`saliency-fast train METHOD`: train a CNN with one of ``sf.train.METHODS`` (scaat, sgt,
+"""`saliency-fast train METHOD`: train a CNN with one of ``sf.train.OBJECTIVES`` (scaat, sgt,
 pgdat, trades, plain, res-g, res-l, gradia, haics, and any method registered there) on the
 embedded digits or on user data; writes the checkpoint, the JSON-lines log, the final weights
 and a figure of |gradient| maps before and after training."""
@@ -61,19 +61,19 @@ DIGITS_PRESET = {"epsilon": 0.3, "steps": 3}
 
 
 def add_parser(subparsers) -> None:
-    from ..train import METHODS
+    from ..train import OBJECTIVES
 
     import argparse
 
-    described = "\n".join(f"  {name:<7} {METHOD_SUMMARIES.get(name) or _summary(METHODS[name])}"
-                          for name in sorted(METHODS))
+    described = "\n".join(f"  {name:<7} {METHOD_SUMMARIES.get(name) or _summary(OBJECTIVES[name])}"
+                          for name in sorted(OBJECTIVES))
     parser = subparsers.add_parser(
-        "train", help=f"train a CNN with one of {', '.join(sorted(METHODS))}",
+        "train", help=f"train a CNN with one of {', '.join(sorted(OBJECTIVES))}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train a CNN with an explanation-improving method; writes last.pt, log.jsonl, model.pt\n"
                     "and gradient_maps.png (|gradient| maps before and after training) to --out.\n\n"
                     f"methods:\n{described}\n\nThe method options below apply to the methods named in brackets.")
-    parser.add_argument("method", choices=sorted(METHODS), help="training method: " + ", ".join(sorted(METHODS)))
+    parser.add_argument("method", choices=sorted(OBJECTIVES), help="training method: " + ", ".join(sorted(OBJECTIVES)))
     parser.add_argument("--data", default="digits",
                         help="'digits' (embedded sklearn digits, 32×32) or an .npz with x_train, y_train "
                              "[, x_test, y_test]; x is (N, C, H, W) or (N, H, W) in [0, 1], H = W a multiple of 4")
@@ -212,18 +212,18 @@ def load_data(spec: str, batch_size: int, seed: int):
 def _images(array: np.ndarray, name: str, spec: str = "") -> torch.Tensor:
     if array.dtype.kind not in "fiub":
         raise ValueError(f"{spec}: {name} has dtype {array.dtype}; images must be numbers in [0, 1]")
-    array = torch.from_numpy(np.ascontiguousarray(array)).float()
-    if array.dim() == 3:
-        array = array.unsqueeze(1)
-    if array.dim() != 4:
-        raise ValueError(f"{spec}: {name} must have shape (N, C, H, W) or (N, H, W), got {tuple(array.shape)}")
-    if array.shape[0] == 0:
+    images = torch.from_numpy(np.ascontiguousarray(array)).float()
+    if images.dim() == 3:
+        images = images.unsqueeze(1)
+    if images.dim() != 4:
+        raise ValueError(f"{spec}: {name} must have shape (N, C, H, W) or (N, H, W), got {tuple(images.shape)}")
+    if images.shape[0] == 0:
         raise ValueError(f"{spec}: {name} holds no images")
-    if not bool(torch.isfinite(array).all()):
+    if not bool(torch.isfinite(images).all()):
         raise ValueError(f"{spec}: {name} contains NaN or Inf values")
-    if float(array.min()) < 0 or float(array.max()) > 1:
+    if float(images.min()) < 0 or float(images.max()) > 1:
         raise ValueError(f"{spec}: {name} must hold values in [0, 1] (the attack clamps to that range)")
-    return array.contiguous()
+    return images.contiguous()
 
 
 def _labels(array: np.ndarray, name: str, spec: str, count: int) -> torch.Tensor:
@@ -251,14 +251,14 @@ def gradient_maps(model, images, labels):
 
 def run(args) -> int:
     from ..models import DigitsCNN
-    from ..train import METHODS, evaluate, fit
+    from ..train import OBJECTIVES, evaluate, fit
     from ..viz import heatmap_grid
 
     if args.epochs < 1 or args.batch_size < 1:
         raise ValueError("--epochs and --batch-size must be >= 1")
     from ._args import parse_device
 
-    factory = METHODS[args.method]
+    factory = OBJECTIVES[args.method]
     method = factory(**method_kwargs(factory, args))
     for message in schedule_warnings(method, args.epochs):
         print(f"saliency-fast train: warning: {message}", file=sys.stderr)
@@ -291,7 +291,8 @@ def run(args) -> int:
                           title=f"|gradient| of the label's logit, before and after {args.method}",
                           note="brighter: the logit is more sensitive to the pixel; each map scaled by its own max")
     if explaining:
-        from ..train.res import evaluate_explanations, save_overlay_figure
+        from ..train.res_eval import evaluate_explanations
+        from ..train.res_figures import save_overlay_figure
 
         overlays = save_overlay_figure(model, images, shown[2][:8], shown[3][:8], os.path.join(out, "gradcam_masks.png"),
                                        layer=getattr(method, "layer", None), labels=labels)

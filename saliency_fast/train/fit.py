@@ -27,9 +27,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._common import check_positive_int
 from .._distributed import ProcessGroup
+from .._jsonable import jsonable
 from . import checkpoint as ckpt
-from .methods import TrainingMethod
+from .objectives import TrainingMethod
 
 
 class TrainingDiverged(FloatingPointError):
@@ -69,7 +71,8 @@ class _Distributed(ProcessGroup):
         return value
 
     def average_gradients(self, parameters) -> None:
-        """All-reduce the gradients DDP does not see (a method's own parameters, e.g. RES-L's Φ)."""
+        """Average across processes the gradients DDP does not see (an objective's own parameters,
+        e.g. RES-L's Φ). The one place they are averaged: objectives never reduce their own."""
         if not self.active:
             return
         for parameter in parameters:
@@ -99,7 +102,7 @@ def _shard(batch: tuple, distributed: _Distributed) -> Optional[tuple]:
 
 def _loader_generators(loader: Iterable) -> List[torch.Generator]:
     """torch.Generators a DataLoader shuffles with, so their state goes into the checkpoint."""
-    found = []
+    found: List[torch.Generator] = []
     for owner in (loader, getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None),
                   getattr(getattr(loader, "batch_sampler", None), "sampler", None)):
         generator = getattr(owner, "generator", None)
@@ -207,7 +210,7 @@ class _Trainer:
 
     def save(self, epochs_done: int) -> None:
         if self.checkpoint_dir is not None and self.distributed.main:
-            ckpt.save_checkpoint(self.checkpoint_path, self.state(epochs_done))
+            ckpt.save_checkpoint(self.checkpoint_dir / ckpt.CHECKPOINT_NAME, self.state(epochs_done))
             ckpt.write_log(self.checkpoint_dir / ckpt.LOG_NAME, list(self.history))
         self.distributed.barrier()
 
@@ -221,7 +224,7 @@ class _Trainer:
             f"batch {batch_index + 1}; {kept}. Lower the learning rate or epsilon, or check the inputs for NaN/Inf."
         )
 
-    def train_epoch(self, epoch: int) -> Dict[str, float]:
+    def train_epoch(self, epoch: int) -> Dict[str, Optional[float]]:
         self.method.epoch_start(epoch, self.epochs)
         sums: Dict[str, Tensor] = defaultdict(lambda: torch.zeros((), dtype=torch.float64, device=self.device))
         batches = self.loader
@@ -259,12 +262,13 @@ class _Trainer:
             if batches is not self.loader and batch_index % 10 == 0:
                 batches.set_postfix(loss=f"{float(loss):.4f}")
         names = sorted(sums)
-        totals = self.distributed.all_sum(torch.stack([sums[name] for name in names])) if names else None
-        totals = dict(zip(names, totals.tolist())) if names else {}
+        totals: Dict[str, float] = {}
+        if names:
+            totals = dict(zip(names, self.distributed.all_sum(torch.stack([sums[name] for name in names])).tolist()))
         count = totals.pop("count", 0.0)
         if count == 0:
             raise ValueError("the training loader yielded no batch")
-        record = {"loss": totals.pop("loss") / count}
+        record: Dict[str, Optional[float]] = {"loss": totals.pop("loss") / count}
         scored = totals.pop("scored", 0.0)
         correct = totals.pop("correct", 0.0)
         record["accuracy"] = correct / scored if scored else None
@@ -304,8 +308,7 @@ def fit(model: nn.Module, method: TrainingMethod, train_loader: Iterable, epochs
         raise TypeError(f"method must be a sf.train.TrainingMethod (e.g. sf.train.Plain()), got {type(method).__name__}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(epochs, int) or epochs < 0:
-        raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
+    epochs = check_positive_int(epochs, "epochs", minimum=0)
     distributed = _Distributed()
     try:
         return _train(model, method, train_loader, epochs, optimizer, val_loader, checkpoint_dir, resume, device, amp,
@@ -331,18 +334,19 @@ def _train(model, method, train_loader, epochs, optimizer, val_loader, checkpoin
         return trainer.run(start_epoch, val_loader)
 
 
-def _plain(value):
-    """A JSON-like record of a hyper-parameter (tensors by shape and checksum, objects by repr)."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, (list, tuple)):
-        return [_plain(item) for item in value]
-    if isinstance(value, dict):
-        return {str(key): _plain(item) for key, item in value.items()}
+def _config_leaf(value: Any) -> Any:
+    """The run config's record of a hyper-parameter that is not plain data: a one-element tensor
+    by its value, other tensors by shape and checksum, modules by repr, anything else by its
+    type's name."""
     if isinstance(value, Tensor):
         return {"tensor": list(value.shape), "checksum": ckpt.content_checksum(value)} if value.numel() != 1 \
             else float(value.detach())
     return repr(value) if isinstance(value, nn.Module) else type(value).__name__
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-ready record of a hyper-parameter (see :func:`_config_leaf`)."""
+    return jsonable(value, _config_leaf)
 
 
 def run_config(method: TrainingMethod, optimizer, scheduler, amp: bool) -> Dict[str, Any]:

@@ -14,8 +14,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import ops
+from .._common import check_positive_int
 from .._reference import BUDGET_MODES
-from .methods import (MethodOutput, TrainingMethod, check_choice, check_nonnegative, evaluating,
+from .objectives import (MethodOutput, TrainingMethod, check_choice, check_nonnegative, evaluating,
                       input_saliency, kl_to, unwrap)
 
 
@@ -43,9 +44,7 @@ class AdversarialTraining(TrainingMethod):
                  ramp_epochs: Optional[int] = 0, input_range: Tuple[float, float] = (0.0, 1.0),
                  random_start: bool = True, saliency_reduction: str = "mean"):
         self.epsilon = check_nonnegative(epsilon, "epsilon")
-        if not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps must be an int >= 1, got {steps!r}")
-        self.steps = steps
+        self.steps = steps = check_positive_int(steps, "steps")
         self.step_size = 2.5 * self.epsilon / steps if step_size is None else check_nonnegative(step_size, "step_size")
         self.budget = check_choice(budget, "budget", BUDGET_MODES)
         ops.check_budget_shape(rho, k, gamma)
@@ -54,11 +53,8 @@ class AdversarialTraining(TrainingMethod):
         self.beta = check_nonnegative(beta, "beta")
         self.attack_loss = check_choice(attack_loss, "attack_loss", self.ATTACK_LOSSES)
         self.objective = check_choice(objective, "objective", self.OBJECTIVES)
-        if not isinstance(warmup_epochs, int) or warmup_epochs < 0:
-            raise ValueError(f"warmup_epochs must be an int >= 0, got {warmup_epochs!r}")
-        if ramp_epochs is not None and (not isinstance(ramp_epochs, int) or ramp_epochs < 0):
-            raise ValueError(f"ramp_epochs must be None or an int >= 0, got {ramp_epochs!r}")
-        self.warmup_epochs, self.ramp_epochs = warmup_epochs, ramp_epochs
+        self.warmup_epochs = check_positive_int(warmup_epochs, "warmup_epochs", minimum=0)
+        self.ramp_epochs = check_positive_int(ramp_epochs, "ramp_epochs", minimum=0) if ramp_epochs is not None else None
         low, high = (float(v) for v in input_range)
         if not low < high:
             raise ValueError(f"input_range must be (low, high) with low < high, got {input_range!r}")

@@ -1,8 +1,9 @@
-"""The training-method interface of ``sf.train.fit`` and the methods without an attack
-(plain training, Saliency Guided Training).
+"""The training-objective interface of ``sf.train.fit`` (:class:`TrainingMethod`) and the
+objectives without an attack (plain training, Saliency Guided Training).
 
-A method turns one batch into a loss. The trainer owns everything else (devices, DDP,
-optimiser, AMP, checkpoints, logs), so every method shares one loop.
+An objective turns one batch into a loss. The trainer owns everything else (devices, DDP,
+optimiser, AMP, checkpoints, logs), so every objective shares one loop. (``saliency_fast.methods``
+holds the attribution methods; this package's "methods" are training objectives.)
 """
 from __future__ import annotations
 
@@ -44,8 +45,9 @@ class TrainingMethod:
       hooks only see the training pass.
     - The trainer puts the model in train mode before each batch; methods that need eval mode
       for auxiliary passes use :func:`evaluating`, which restores it.
-    - Extra learnable tensors go in :meth:`parameters` (the default optimiser trains them) and
-      in :meth:`state_dict` / :meth:`load_state_dict` (checkpoints carry them).
+    - Extra learnable tensors go in :meth:`parameters` (the default optimiser trains them; under
+      DDP the trainer averages their gradients across processes, as DDP does for the model's)
+      and in :meth:`state_dict` / :meth:`load_state_dict` (checkpoints carry them).
     """
 
     name = "method"
