@@ -50,6 +50,7 @@ LAYERS: Dict[str, Layer] = {
     "saliency_fast._distributed": Layer(0, "base"),
     "saliency_fast._io": Layer(0, "base"),  # planned: atomic file writes (checkpoints, shards)
     "saliency_fast._version": Layer(0, "base"),  # planned: __version__, read by setup.py too
+    "saliency_fast._jsonable": Layer(0, "base"),  # JSON-ready records (run configs, manifests)
     # 1 the op layer: one contract (ops), the compiled ops and their pure-PyTorch twins behind it
     "saliency_fast._C": Layer(1, "ops", internal=True),
     "saliency_fast._reference": Layer(1, "ops", internal=True),
