@@ -21,6 +21,8 @@ Target = Union[None, int, np.integer, Sequence[int], np.ndarray, Tensor]
 # (dicts, Hugging Face ModelOutput, objects with ``logits``) or a callable output → tensor.
 Selector = Union[None, int, str, Callable[[Any], Tensor]]
 SCORES = ("logit", "probability", "log_probability")
+# The two manipulation paths, of SAMP and of the Deletion / Insertion metric.
+PATHS = ("deletion", "insertion")
 
 
 def check_images(inputs: Tensor, name: str = "inputs") -> Tensor:

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from . import ops
 from ._common import (
+    PATHS,
     Selector,
     Target,
     attribution_mode,
@@ -63,10 +64,9 @@ __all__ = [
     "pixel_ranks",
 ]
 
-PATHS = ("deletion", "insertion")
 # default chunk: input elements per model call. On CPU a batch whose activations stay in cache
-# is fastest (the digits CNN on a 2 MB-L2 core, CPU time for the same images: 64 images of
-# 32×32 a call 1.0, 32 1.04, 16 1.23, 128 1.42, 4096 ~2), so 64K elements (256 KB in float32);
+# is fastest (on the digits CNN and a 2 MB-L2 core, 64 images of 32×32 a call took the least CPU
+# time for the same images; smaller and larger calls more), so 64K elements (256 KB in float32);
 # on accelerators 16M (64 MB), large batches to fill the device.
 MAX_BATCH_ELEMENTS = {"cpu": 2**16, "accelerator": 2**24}
 GINI_EPSILON = 1e-7  # added to |a| before the Gini index, as in Quantus Sparseness

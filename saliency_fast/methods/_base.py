@@ -59,6 +59,12 @@ from ..references import Reference, make_reference
 Baselines = Union[None, Reference, int, float]
 
 
+class UnsupportedArchitecture(ValueError):
+    """The method cannot explain this model as built (CAM without global average pooling + linear,
+    no layer a CAM method can use, LRP without a rule for a layer type): a ValueError that callers
+    running every method (``saliency-fast evaluate``) may skip."""
+
+
 class AttributionMethod:
     """Wraps a classifier that maps (B, C, H, W) inputs to (B, classes) logits (or to an output
     holding them: see ``output``); ``attribute()`` returns the maps (see the module docstring)."""

@@ -26,16 +26,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._common import Target, target_from_logits
-from ._base import AttributionMethod
+from ._base import AttributionMethod, UnsupportedArchitecture
 
 Layer = Union[str, nn.Module]
 ReshapeTransform = Callable[[Tensor], Tensor]
 logger = logging.getLogger(__name__)
-
-
-class UnsupportedArchitecture(ValueError):
-    """The method cannot explain this model as built (CAM without global average pooling + linear,
-    no layer a CAM method can use): a ValueError that callers running every method may skip."""
 
 
 def resolve_layer(model: nn.Module, layer: Layer) -> nn.Module:

@@ -33,9 +33,9 @@ SMOOTHGRAD_BASES = ("saliency", "input_x_gradient")
 # elements, and at least the whole input batch. Activation memory of a conv net grows with the
 # input size, so this bounds peak memory independently of n_steps / n_samples. On an
 # accelerator 2^22 (27 images of 3×224×224, 4096 of 1×32×32) keeps passes large enough to fill
-# the device. On CPU a pass whose activations stay in cache is fastest: IG with 200 steps on 64
-# digits (DigitsCNN, 2 cores, 32 MB L3) took 1.6–1.8 s with 128–192 images a pass, 1.9–2.3 s
-# with 64 or 256, and 4.0–4.4 s with 1024 or 3200; so 2^17 (128 digits).
+# the device. On CPU a pass whose activations stay in cache is fastest: a sweep of IG's pass
+# size on the digits CNN was fastest at 128–192 images a pass, slower at half or twice that
+# and far slower at ten times that; so 2^17 (128 digits).
 DEFAULT_ELEMENTS_PER_PASS = {"cpu": 1 << 17, "accelerator": 1 << 22}
 
 

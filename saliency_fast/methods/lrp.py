@@ -17,8 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from .._common import input_gradient, reduce_channels as _reduce
-from ._base import AttributionMethod
-from .gradcam import UnsupportedArchitecture
+from ._base import AttributionMethod, UnsupportedArchitecture
 
 EPSILON_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d,
                   nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,

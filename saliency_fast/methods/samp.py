@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from .._common import (
+    PATHS,
     BoundModel,
     Selector,
     Target,
@@ -34,7 +35,6 @@ from .._reference import ATOL, RTOL, pixels_active
 from ..references import SMALL_IMAGE_SIDE, Reference, make_reference
 from ._base import AttributionMethod
 
-PATHS = ("deletion", "insertion")
 PATH_DTYPES = {torch.float16: torch.float32, torch.bfloat16: torch.float32,
                torch.float32: torch.float32, torch.float64: torch.float64}
 TIES = ("include", "exact")
