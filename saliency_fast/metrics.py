@@ -44,6 +44,7 @@ from ._common import (
     check_same_device,
     check_score,
     minmax_normalize,
+    relative_completeness_error,
     resolve_target,
     score_outputs,
     warn_if_not_finite,
@@ -444,15 +445,12 @@ def completeness_error(
     model = _validate_model_inputs(model, inputs, output)
     _attribution_maps(attributions, inputs)
     check_score(score)
-    total = attributions.detach().flatten(1).sum(dim=1)
     with _model_context(model), torch.no_grad():
         target = resolve_target(model, inputs, target)
         start = make_reference(reference, inputs, "reference", blur_kernel, blur_sigma)
         batch = inputs.shape[0]
         scores = score_outputs(model(torch.cat([inputs, start])), target.repeat(2), score)
-    gap = scores[:batch] - scores[batch:]
-    error = (total.to(gap.dtype) - gap).abs() / gap.abs()
-    return torch.where((gap == 0) & (total == 0), torch.zeros_like(error), error)
+    return relative_completeness_error(attributions, scores[:batch] - scores[batch:])
 
 
 # ---------------------------------------------------------------------------------------------
