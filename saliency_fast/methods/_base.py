@@ -26,9 +26,10 @@ The call contract lives here, so every method gets it without code of its own:
   every streaming method's ``internal_batch_size``), and the keyword arguments of the method's
   ``_attribute`` (e.g. LIME's ``feature_mask``).
 
-``attribute_with_completeness(...)`` (same arguments) also returns each image's completeness
-error |Σ A − (f_c(x) − f_c(x'))| / |f_c(x) − f_c(x')| where the method claims completeness
-(``completeness_reference(inputs)`` names x'; SAMP checks each of its paths), else None.
+``attribute_with_completeness(...)`` (the same arguments but the delta) also returns each
+image's completeness error |Σ A − (f_c(x) − f_c(x'))| / |f_c(x) − f_c(x')| where the method
+claims completeness (``completeness_reference(inputs)`` names x'; SAMP checks each of its
+paths), else None.
 ``internal_batch_size`` (Captum's name) is every method's images per model call: the methods that
 stream their work in passes (``streams_passes``) read it; ``attribute_dataset`` lowers it after
 running out of memory.
