@@ -74,7 +74,7 @@ def test_rise_masks_equal_the_authors_generate_masks(size):
 
 def test_rise_equals_the_authors_explain(digits):
     model, images, target = digits
-    rise = sf.RISE(model, n_masks=60, batch_size=50)  # grid 8, p = 0.1: the defaults but N
+    rise = sf.RISE(model, n_masks=60, internal_batch_size=50)  # grid 8, p = 0.1: the defaults but N
     masks = rise.masks_for(32, 32).numpy()
     ours = rise.attribute(images, target)
     for i in range(len(images)):
@@ -168,7 +168,7 @@ def test_lime_matches_captum_given_the_same_mask_and_samples(digits):
 
 def test_lime_equals_its_transcription_in_float64(digits):
     model, images, target = digits
-    lime = sf.LIME(model, n_samples=40, kernel_width=0.5, alpha=0.02, batch_size=30)
+    lime = sf.LIME(model, n_samples=40, kernel_width=0.5, alpha=0.02, internal_batch_size=30)
     ours = lime.attribute(images, target)
     labels = lime.feature_masks(images).numpy()
     for i in range(len(images)):
