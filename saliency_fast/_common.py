@@ -21,6 +21,8 @@ Target = Union[None, int, np.integer, Sequence[int], np.ndarray, Tensor]
 # (dicts, Hugging Face ModelOutput, objects with ``logits``) or a callable output → tensor.
 Selector = Union[None, int, str, Callable[[Any], Tensor]]
 SCORES = ("logit", "probability", "log_probability")
+# The two manipulation paths, of SAMP and of the Deletion / Insertion metric.
+PATHS = ("deletion", "insertion")
 
 
 def check_images(inputs: Tensor, name: str = "inputs") -> Tensor:
@@ -131,16 +133,20 @@ def score_outputs(logits: Tensor, target: Tensor, score: str = "logit") -> Tenso
 def resolve_target(model: Callable[[Tensor], Tensor], inputs: Tensor, target: Target) -> Tensor:
     """Return the target class per image as an int64 (B,) tensor on the inputs' device.
 
-    ``None`` explains the predicted class (argmax of the model's output), not the label.
+    ``None`` explains the predicted class (argmax of the model's output), not the label. A given
+    target is checked against the class count of a one-image forward pass; the methods avoid that
+    pass by checking it on their own first model call instead (``TargetClassCheck``).
     """
-    with torch.no_grad():  # a given target needs only the class count: one image suffices
-        if target is None:
-            logits = model(inputs)
-        elif isinstance(model, BoundModel):  # its per-example arguments follow the one image
-            logits = model.for_rows(torch.zeros(1, dtype=torch.long, device=inputs.device))(inputs[:1])
-        else:
-            logits = model(inputs[:1])
+    with torch.no_grad():
+        logits = model(inputs) if target is None else one_image_logits(model, inputs)
     return target_from_logits(target, logits, inputs.shape[0], inputs.device)
+
+
+def one_image_logits(model: Callable[[Tensor], Tensor], inputs: Tensor) -> Tensor:
+    """The logits of the batch's first image: enough to learn the model's class count."""
+    if isinstance(model, BoundModel):  # its per-example arguments follow the one image
+        model = model.for_rows(torch.zeros(1, dtype=torch.long, device=inputs.device))
+    return model(inputs[:1])
 
 
 def target_from_logits(target: Target, logits: Tensor, batch: Optional[int] = None, device=None) -> Tensor:
@@ -150,28 +156,65 @@ def target_from_logits(target: Target, logits: Tensor, batch: Optional[int] = No
         raise ValueError(f"the model must return logits of shape (B, classes), got shape {tuple(logits.shape)}")
     batch = logits.shape[0] if batch is None else batch
     device = logits.device if device is None else device
-    classes = logits.shape[1]
     if target is None:
         return logits.detach().argmax(dim=1)
+    return check_target_classes(target_tensor(target, batch, device), logits.shape[1])
+
+
+def target_tensor(target: Target, batch: int, device) -> Tensor:
+    """A given (not None) target as the (B,) int64 tensor on ``device``, checked in every way but
+    against the model's class count (``check_target_classes``, which needs its logits)."""
     target = _target_as_int_or_tensor(target)
     if isinstance(target, int) and not isinstance(target, bool):
-        target = torch.full((batch,), target, dtype=torch.long, device=device)
-    elif isinstance(target, Tensor):
-        if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
-            raise TypeError(f"target must hold integer class indices, got dtype {target.dtype}"
-                            + ("; Captum's IntegratedGradients takes baselines second: pass baselines=... by keyword"
-                               if target.is_floating_point() and target.dim() > 1 else ""))
-        target = target.to(device=device, dtype=torch.long).reshape(-1)
-        if target.numel() == 1:
-            target = target.expand(batch).clone()
-        if target.numel() != batch:
-            raise ValueError(f"target has {target.numel()} entries but the batch has {batch} images")
-    else:
+        return torch.full((batch,), target, dtype=torch.long, device=device)
+    if not isinstance(target, Tensor):
         raise TypeError("target must be None, an int, or a list, tuple, NumPy array or tensor of class indices "
                         f"(one per image), got {type(target).__name__}")
-    if bool(((target < 0) | (target >= classes)).any()):
-        raise ValueError(f"target holds a class index outside [0, {classes - 1}] (the model has {classes} outputs)")
+    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+        raise TypeError(f"target must hold integer class indices, got dtype {target.dtype}"
+                        + ("; Captum's IntegratedGradients takes baselines second: pass baselines=... by keyword"
+                           if target.is_floating_point() and target.dim() > 1 else ""))
+    target = target.to(device=device, dtype=torch.long).reshape(-1)
+    if target.numel() == 1:
+        target = target.expand(batch).clone()
+    if target.numel() != batch:
+        raise ValueError(f"target has {target.numel()} entries but the batch has {batch} images")
     return target
+
+
+def _out_of_range_message(classes: int) -> str:
+    return f"target holds a class index outside [0, {classes - 1}] (the model has {classes} outputs)"
+
+
+def check_target_classes(target: Tensor, classes: int) -> Tensor:
+    """``target`` if every index lies in [0, classes); else a ValueError naming ``target``."""
+    if bool(((target < 0) | (target >= classes)).any()):
+        raise ValueError(_out_of_range_message(classes))
+    return target
+
+
+class TargetClassCheck:
+    """A given target checked against the class count of the logits a method computes anyway.
+
+    Learning the class count needs the model's output; instead of a forward pass of its own, the
+    check runs on every logits the method's ``BoundModel`` returns (a comparison of two ints), so
+    an out-of-range target raises at the method's first model call, before any index into the
+    logits. A negative index raises at once. ``seen`` says whether a call has checked it (a call
+    without any model call must check it with ``one_image_logits``).
+    """
+
+    def __init__(self, target: Tensor):
+        low, high = torch.stack([target.min(), target.max()]).tolist()  # one device sync, as one check
+        if low < 0:
+            raise ValueError(f"target holds a class index outside [0, classes - 1]: {low} is negative")
+        self.high = high
+        self.seen = False
+
+    def __call__(self, logits: Tensor) -> None:
+        if logits.dim() == 2:
+            if self.high >= logits.shape[1]:
+                raise ValueError(_out_of_range_message(logits.shape[1]))
+            self.seen = True
 
 
 def _target_as_int_or_tensor(target):
@@ -240,7 +283,8 @@ class BoundModel(nn.Module):
     samples), and index-selected for a call on ``for_rows(rows)``. Other arguments pass unchanged.
     ``module`` is the wrapped model (an nn.Module is registered as a submodule, so hooks, layers
     and attribution_mode reach it); ``named_modules`` and attribute access read through to it,
-    so layer names are the user's ("layer4", not "module.layer4").
+    so layer names are the user's ("layer4", not "module.layer4"). ``target_check`` (a
+    ``TargetClassCheck``, shared with ``for_rows``) checks a given target against every logits.
     """
 
     def __init__(self, model: Callable, output: Selector = None, additional_forward_args: Any = None,
@@ -255,6 +299,7 @@ class BoundModel(nn.Module):
         elif not isinstance(additional_forward_args, tuple):
             additional_forward_args = (additional_forward_args,)
         self.output, self.additional_forward_args, self.batch, self.rows = output, additional_forward_args, batch, rows
+        self.target_check: Optional[TargetClassCheck] = None  # set by a method's call for a given target
         self._per_example = batch is not None and any(
             isinstance(arg, Tensor) and arg.dim() > 0 and arg.shape[0] == batch for arg in additional_forward_args)
 
@@ -282,7 +327,9 @@ class BoundModel(nn.Module):
 
     def for_rows(self, rows: Tensor) -> "BoundModel":
         """The same model for calls whose inputs are the images ``rows`` of the batch (in that order)."""
-        return BoundModel(self.module, self.output, self.additional_forward_args, self.batch, rows)
+        bound = BoundModel(self.module, self.output, self.additional_forward_args, self.batch, rows)
+        bound.target_check = self.target_check
+        return bound
 
     def _arguments(self, count: int) -> tuple:
         if not self._per_example:
@@ -306,6 +353,8 @@ class BoundModel(nn.Module):
         if logits.dim() == 0 or logits.shape[0] != inputs.shape[0]:
             raise ValueError(f"the model returned outputs of shape {tuple(logits.shape)} for {inputs.shape[0]} inputs; "
                              "it must return one row of logits per input, shape (B, classes)")
+        if self.target_check is not None:
+            self.target_check(logits)
         return logits
 
 
@@ -356,6 +405,14 @@ def reduce_channels(attribution: Tensor, reduce: bool = True) -> Tensor:
     """(B, C, H, W) → (B, H, W) by summing over channels, the layout every method returns by default
     for images; attributions of other (non-image) inputs keep the inputs' shape."""
     return attribution.sum(dim=1) if reduce and attribution.dim() == 4 else attribution
+
+
+def relative_completeness_error(attributions: Tensor, gap: Tensor) -> Tensor:
+    """|Σ A − gap| / |gap| per image (B,), the sum over all of each image's attribution, ``gap`` the
+    score difference f_c(x) − f_c(x') it should equal; 0 where both are 0 (inf where only the gap is)."""
+    total = attributions.detach().flatten(1).sum(dim=1).to(gap.dtype)
+    error = (total - gap).abs() / gap.abs()
+    return torch.where((gap == 0) & (total == 0), torch.zeros_like(error), error)
 
 
 def minmax_normalize(maps: Tensor, eps: float = 0.0) -> Tensor:

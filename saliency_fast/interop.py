@@ -68,7 +68,7 @@ def quantus_explain(
     if targets is not None:
         targets = np.asarray(targets).reshape(-1)
     keywords = {} if batch.dim() != 4 else {"reduce_channels": reduce_channels}
-    if keywords and "reduce_channels" not in inspect.signature(attribution._attribute).parameters:
+    if keywords and not attribution.channel_attributions:
         keywords = {}
     maps = attribution.attribute(batch, targets, output=output, **keywords)
     if maps.dim() == 3:
@@ -84,6 +84,8 @@ class CaptumMethod(AttributionMethod):
     summed over channels, and layer attributions of another size are upsampled bilinearly to
     the inputs' H×W (Captum's LayerAttribution.interpolate), so the maps fit the metrics.
     """
+
+    checks_target_on_first_call = False  # Captum calls the model itself: check the target before
 
     def __init__(self, attribution: Any, reduce_channels: bool = True, **options: Any):
         if not hasattr(attribution, "attribute") or not hasattr(attribution, "forward_func"):

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from . import ops
 from ._common import (
+    PATHS,
     Selector,
     Target,
     attribution_mode,
@@ -43,6 +44,7 @@ from ._common import (
     check_same_device,
     check_score,
     minmax_normalize,
+    relative_completeness_error,
     resolve_target,
     score_outputs,
     warn_if_not_finite,
@@ -63,7 +65,6 @@ __all__ = [
     "pixel_ranks",
 ]
 
-PATHS = ("deletion", "insertion")
 # default chunk, in input elements per model call. On CPU a small model is fastest on a batch
 # whose activations stay in cache (64K elements); once one image alone is past the cache, the
 # per-call cost and the matrix products' efficiency dominate instead, so large images go at
@@ -453,15 +454,12 @@ def completeness_error(
     model = _validate_model_inputs(model, inputs, output)
     _attribution_maps(attributions, inputs)
     check_score(score)
-    total = attributions.detach().flatten(1).sum(dim=1)
     with _model_context(model), torch.no_grad():
         target = resolve_target(model, inputs, target)
         start = make_reference(reference, inputs, "reference", blur_kernel, blur_sigma)
         batch = inputs.shape[0]
         scores = score_outputs(model(torch.cat([inputs, start])), target.repeat(2), score)
-    gap = scores[:batch] - scores[batch:]
-    error = (total.to(gap.dtype) - gap).abs() / gap.abs()
-    return torch.where((gap == 0) & (total == 0), torch.zeros_like(error), error)
+    return relative_completeness_error(attributions, scores[:batch] - scores[batch:])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,8 +17,9 @@ from types import ModuleType
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
-import torch
 from torch import Tensor
+
+from ._common import minmax_normalize
 
 SIGNED_CMAP = "RdBu_r"  # diverging: blue (opposes) – white (0) – red (supports)
 UNSIGNED_CMAP = "viridis"  # perceptually uniform sequential
@@ -153,7 +154,6 @@ def heatmap_grid(
 
 
 def normalized(maps: Tensor) -> Tensor:
-    """Per-image min–max to [0, 1] (signed maps keep their order but lose where 0 is)."""
-    flat = maps.flatten(1)
-    low, high = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
-    return ((flat - low) / (high - low).clamp_min(torch.finfo(flat.dtype).tiny)).view_as(maps)
+    """Per-image min–max to [0, 1] (signed maps keep their order but lose where 0 is; a constant
+    map becomes all zeros): ``minmax_normalize``."""
+    return minmax_normalize(maps)

@@ -278,7 +278,7 @@ def test_smoothgrad_is_seeded_and_leaves_global_rng_alone(model, inputs, target)
 @pytest.mark.parametrize("base", ["saliency", "input_x_gradient"])
 def test_smoothgrad_independent_of_batch_size(model, inputs, target, base):
     results = [
-        sf.SmoothGrad(model, n_samples=7, batch_size=size, base=base, abs=True).attribute(inputs, target)
+        sf.SmoothGrad(model, n_samples=7, internal_batch_size=size, base=base, abs=True).attribute(inputs, target)
         for size in (None, BATCH, 2 * BATCH + 2, 50 * BATCH)
     ]
     for result in results[1:]:

@@ -74,7 +74,7 @@ def test_rise_masks_equal_the_authors_generate_masks(size):
 
 def test_rise_equals_the_authors_explain(digits):
     model, images, target = digits
-    rise = sf.RISE(model, n_masks=60, batch_size=50)  # grid 8, p = 0.1: the defaults but N
+    rise = sf.RISE(model, n_masks=60, internal_batch_size=50)  # grid 8, p = 0.1: the defaults but N
     masks = rise.masks_for(32, 32).numpy()
     ours = rise.attribute(images, target)
     for i in range(len(images)):
@@ -106,7 +106,7 @@ def test_rise_is_seeded_batch_independent_and_leaves_the_global_rng_alone(digits
     together = sf.RISE(model, n_masks=40, seed=5).attribute(images, target)
     assert torch.equal(torch.get_rng_state(), state)
     for i in range(len(images)):
-        alone = sf.RISE(model, n_masks=40, seed=5, batch_size=7).attribute(images[i : i + 1], target[i : i + 1])
+        alone = sf.RISE(model, n_masks=40, seed=5, internal_batch_size=7).attribute(images[i : i + 1], target[i : i + 1])
         torch.testing.assert_close(alone, together[i : i + 1], rtol=1e-12, atol=1e-15)
     assert not torch.allclose(sf.RISE(model, n_masks=40, seed=6).attribute(images, target), together)
 
@@ -114,7 +114,7 @@ def test_rise_is_seeded_batch_independent_and_leaves_the_global_rng_alone(digits
 def test_rise_bad_arguments_are_named(digits):
     model, images, _ = digits
     for kwargs, name in (({"n_masks": 0}, "n_masks"), ({"grid_size": 0}, "grid_size"), ({"p": 0.0}, "p must"),
-                         ({"p": 1.5}, "p must"), ({"score": "softmax"}, "score"), ({"batch_size": 0}, "batch_size")):
+                         ({"p": 1.5}, "p must"), ({"score": "softmax"}, "score"), ({"internal_batch_size": 0}, "internal_batch_size"), ({"batch_size": 0}, "batch_size")):
         with pytest.raises(ValueError, match=name):
             sf.RISE(model, **kwargs)
     with pytest.raises(TypeError, match="seed"):
@@ -168,7 +168,7 @@ def test_lime_matches_captum_given_the_same_mask_and_samples(digits):
 
 def test_lime_equals_its_transcription_in_float64(digits):
     model, images, target = digits
-    lime = sf.LIME(model, n_samples=40, kernel_width=0.5, alpha=0.02, batch_size=30)
+    lime = sf.LIME(model, n_samples=40, kernel_width=0.5, alpha=0.02, internal_batch_size=30)
     ours = lime.attribute(images, target)
     labels = lime.feature_masks(images).numpy()
     for i in range(len(images)):
@@ -198,7 +198,7 @@ def test_lime_is_seeded_and_batch_independent(digits, segmentation):
     together = sf.LIME(model, n_samples=30, segmentation=segmentation, seed=4).attribute(images, target)
     assert torch.equal(torch.get_rng_state(), state)
     for i in range(len(images)):
-        alone = sf.LIME(model, n_samples=30, segmentation=segmentation, seed=4, batch_size=9).attribute(
+        alone = sf.LIME(model, n_samples=30, segmentation=segmentation, seed=4, internal_batch_size=9).attribute(
             images[i : i + 1], target[i : i + 1])
         torch.testing.assert_close(alone, together[i : i + 1], rtol=1e-12, atol=1e-15)
 
@@ -207,7 +207,7 @@ def test_lime_bad_arguments_are_named(digits):
     model, images, _ = digits
     for kwargs, name in (({"n_samples": 0}, "n_samples"), ({"segmentation": "watershed"}, "segmentation"),
                          ({"kernel_width": 0.0}, "kernel_width"), ({"alpha": -1.0}, "alpha"),
-                         ({"score": "prob"}, "score"), ({"batch_size": 0}, "batch_size")):
+                         ({"score": "prob"}, "score"), ({"internal_batch_size": 0}, "internal_batch_size"), ({"batch_size": 0}, "batch_size")):
         with pytest.raises(ValueError, match=name):
             sf.LIME(model, **kwargs)
     lime = sf.LIME(model, n_samples=4)

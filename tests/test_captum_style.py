@@ -144,7 +144,7 @@ def test_smoothgrad_repeats_forward_args_over_samples(inputs, scale):
     """No noise: every sample is the input, so SmoothGrad is Captum's Saliency with the same arguments."""
     model = ScaledModel()
     peer = captum_attr.Saliency(model).attribute(inputs, target=2, abs=False, additional_forward_args=(scale, 1.0))
-    ours = sf.SmoothGrad(model, n_samples=4, stdev=0.0, batch_size=2 * BATCH).attribute(
+    ours = sf.SmoothGrad(model, n_samples=4, stdev=0.0, internal_batch_size=2 * BATCH).attribute(
         inputs, np.int64(2), additional_forward_args=(scale, 1.0))
     assert relative_error(ours, peer.sum(1)) <= RTOL
 

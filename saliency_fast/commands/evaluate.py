@@ -65,17 +65,10 @@ FORMS_NOTE = (
 
 
 def attribute_with_completeness(method, model, images, target):
-    """Maps and their mean completeness error where the method has a reference path: SAMP (per
-    path, from the same run) and IG (with its baseline); NaN for the others."""
-    if isinstance(method, SAMP):
-        result = method.attribute_paths(images, target)
-        error = torch.stack([p.completeness_error for p in result.paths.values()]).mean()
-        return result.attribution, float(error)
-    maps = method.attribute(images, target)
-    if isinstance(method, IntegratedGradients):
-        error = metrics.completeness_error(model, images, maps, method.baseline_for(images), target=target)
-        return maps, float(error.mean())
-    return maps, float("nan")
+    """Maps and their mean completeness error where the method claims completeness (the method's
+    own hook: SAMP per path, from the same run; IG against its baseline); NaN for the others."""
+    maps, errors = method.attribute_with_completeness(images, target)
+    return maps, float("nan") if errors is None else float(errors.mean())
 
 
 def evaluate_method(name, method, model, images, target, pixels_per_step):

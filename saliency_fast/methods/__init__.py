@@ -1,7 +1,7 @@
 """Attribution methods, all with ``attribute(inputs, target=None) -> (B, H, W)``."""
-from ._base import AttributionMethod
+from ._base import AttributionMethod, UnsupportedArchitecture
 from .samp import SAMP, PathResult, SAMPResult
-from .gradcam import (CAM, GradCAM, GradCAMPlusPlus, UnsupportedArchitecture, ViTReshape, find_cam_layer, gradcam_maps,
+from .gradcam import (CAM, GradCAM, GradCAMPlusPlus, ViTReshape, find_cam_layer, gradcam_maps,
                       vit_reshape_transform)
 from .gradients import InputXGradient, IntegratedGradients, Saliency, SmoothGrad
 from .guided_ig import GuidedIG

@@ -3,12 +3,14 @@
 The call contract lives here, so every method gets it without code of its own:
 
     method.attribute(inputs, target=None, baselines=None, additional_forward_args=None, *,
-                     output=None, return_convergence_delta=False, **options)
+                     output=None, return_convergence_delta=False, reduce_channels=True, **options)
 
 - ``inputs``: a (B, C, H, W) batch (any (B, ...) batch for the gradient family); inputs that
   require grad or carry a graph are detached, and the maps never join the caller's graph.
 - ``target``: None (the predicted class), an int / NumPy integer for every image, or one class
-  per image as a list, tuple, NumPy array or tensor.
+  per image as a list, tuple, NumPy array or tensor. A given target is checked against the
+  model's class count on the method's first model call (no extra forward pass); an index out of
+  range raises a ValueError naming ``target`` before any map is returned.
 - ``baselines``: for path methods (``takes_baselines``), replaces the constructor's ``baseline``
   for this call: a tensor broadcastable to the inputs, a number, "zeros" or "blur".
 - ``additional_forward_args``: extra positional arguments of the model, ``model(x, *args)``;
@@ -17,25 +19,43 @@ The call contract lives here, so every method gets it without code of its own:
   name such as "logits", or a callable); overrides the constructor's ``output``.
 - ``return_convergence_delta``: path methods also return Captum's delta,
   Σ attribution − (f_c(x) − f_c(x')) per image.
-- ``options``: per-call overrides of the options in ``call_options`` (e.g. IG's ``n_steps``),
-  and the keyword arguments of the method's ``_attribute`` (e.g. ``reduce_channels``).
+- ``reduce_channels``: methods with per-channel attributions (``channel_attributions``) return
+  (B, H, W) maps summed over channels, or with False the attributions in the inputs' shape
+  (Captum's layout); methods with one value per pixel refuse False.
+- ``options``: per-call overrides of the options in ``call_options`` (e.g. IG's ``n_steps``,
+  every streaming method's ``internal_batch_size``), and the keyword arguments of the method's
+  ``_attribute`` (e.g. LIME's ``feature_mask``).
+
+``attribute_with_completeness(...)`` (the same arguments but the delta) also returns each
+image's completeness error |Σ A − (f_c(x) − f_c(x'))| / |f_c(x) − f_c(x')| where the method
+claims completeness (``completeness_reference(inputs)`` names x'; SAMP checks each of its
+paths), else None.
+``internal_batch_size`` (Captum's name) is every method's images per model call: the methods that
+stream their work in passes (``streams_passes``) read it; ``attribute_dataset`` lowers it after
+running out of memory.
 
 How a method plugs in: subclass ``AttributionMethod`` (``PathAttributionMethod`` if it
-integrates from a baseline), call ``super().__init__(model)``, and implement
+integrates from a baseline), call ``super().__init__(model)``, and implement only
 ``_attribute(self, inputs, target, **keywords)``. It receives validated, detached inputs and a
 (B,) int64 target, and runs while ``self.model`` is a ``BoundModel``: calling ``self.model(x)``
-applies the additional forward arguments and the output selector and checks that the model
-returned one row per input (the user's model itself is ``self.model.module``). The call runs
-on a shallow copy of the method, with the model in attribution mode (eval, frozen parameters,
-both restored afterwards). Set ``any_input_shape = True`` if ``_attribute`` handles (B, ...)
-inputs of any rank.
+applies the additional forward arguments and the output selector, checks that the model
+returned one row per input and checks the target's class indices (the user's model itself is
+``self.model.module``; a method whose model calls bypass ``self.model`` sets
+``checks_target_on_first_call = False``). It returns the maps, or with ``channel_attributions``
+the attributions in the inputs' shape (the base sums channels). The call runs on a shallow copy
+of the method, with the model in attribution mode (eval, frozen parameters, both restored
+afterwards). Class attributes declare the rest: ``any_input_shape`` (``_attribute`` handles
+(B, ...) inputs of any rank), ``needs_gradients``, ``call_options``, ``streams_passes``,
+``learned_attributes``; ``completeness_reference`` and ``resolved_options`` are the hooks for
+the completeness check and for recording options (e.g. a CAM layer found) in a manifest.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
 import inspect
-from typing import Any, Callable, Iterator, Optional, Union
+import warnings
+from typing import Any, Callable, Dict, Iterator, Optional, Union
 
 import numpy as np
 import torch
@@ -45,13 +65,19 @@ from .._common import (
     BoundModel,
     Selector,
     Target,
+    TargetClassCheck,
     attribution_mode,
     check_autograd_available,
     check_batch,
     check_images,
     check_model_device,
+    check_positive_int,
+    one_image_logits,
+    relative_completeness_error,
+    reduce_channels as sum_channels,
     resolve_target,
     score_outputs,
+    target_tensor,
     warn_if_not_finite,
 )
 from ..references import Reference, make_reference
@@ -59,17 +85,54 @@ from ..references import Reference, make_reference
 Baselines = Union[None, Reference, int, float]
 
 
+class UnsupportedArchitecture(ValueError):
+    """The method cannot explain this model as built (CAM without global average pooling + linear,
+    no layer a CAM method can use, LRP without a rule for a layer type): a ValueError that callers
+    running every method (``saliency-fast evaluate``) may skip."""
+
+
+def pass_size(internal_batch_size: Optional[int], batch_size: Optional[int], method: str) -> Optional[int]:
+    """A constructor's pass size, given as ``internal_batch_size`` or as the deprecated ``batch_size``."""
+    if batch_size is None:
+        return internal_batch_size
+    warnings.warn(f"{method}(batch_size=...) is deprecated; pass internal_batch_size=... (the same images per "
+                  "model call, under Captum's name)", DeprecationWarning, stacklevel=3)
+    if internal_batch_size is not None:
+        raise TypeError(f"{method} got both internal_batch_size and its deprecated alias batch_size; pass "
+                        "internal_batch_size only")
+    return check_positive_int(batch_size, "batch_size")
+
+
+class DeprecatedBatchSize:
+    """``method.batch_size``: the deprecated name of ``method.internal_batch_size``."""
+
+    def __get__(self, method, owner=None):
+        if method is None:
+            return self
+        warnings.warn("batch_size is deprecated; use internal_batch_size", DeprecationWarning, stacklevel=2)
+        return method.internal_batch_size
+
+    def __set__(self, method, value) -> None:
+        warnings.warn("batch_size is deprecated; use internal_batch_size", DeprecationWarning, stacklevel=2)
+        method.internal_batch_size = value
+
+
 class AttributionMethod:
     """Wraps a classifier that maps (B, C, H, W) inputs to (B, classes) logits (or to an output
     holding them: see ``output``); ``attribute()`` returns the maps (see the module docstring)."""
 
     takes_baselines = False  # path methods: ``baselines=`` replaces ``self.baseline`` for a call
+    has_convergence_delta = False  # path methods: ``return_convergence_delta=True`` (Captum's delta)
     any_input_shape = False  # the gradient family: (B, ...) inputs of any rank
+    channel_attributions = False  # _attribute returns the inputs' shape, summed here unless reduce_channels=False
     call_options: tuple = ()  # constructor options a call may override by keyword (Captum's per-call options)
     output: Selector = None  # subclasses that do not pass ``output`` to __init__ select nothing
     learned_attributes: tuple = ()  # set by a call on its copy of the method and kept (e.g. a CAM layer found)
-
+    streams_passes = False  # the work goes through the model in passes of ``internal_batch_size`` images
+    checks_target_on_first_call = True  # False where _attribute's model calls bypass self.model
     needs_gradients = True  # False for perturbation-only methods, which then also run under inference_mode
+
+    _internal_batch_size: Optional[int] = None
 
     def __init__(self, model: Union[nn.Module, Callable[..., Any]], output: Selector = None):
         if not callable(model):
@@ -78,6 +141,17 @@ class AttributionMethod:
             raise TypeError(f"output must be None, an int index, a str key or a callable, got {type(output).__name__}")
         self.model = model
         self.output = output
+
+    @property
+    def internal_batch_size(self) -> Optional[int]:
+        """Images per model call (Captum's name) for the methods that stream their work in passes
+        (``streams_passes``); None: ``DEFAULT_ELEMENTS_PER_PASS`` input elements a pass. Methods that
+        evaluate the batch in one call keep it but do not need it."""
+        return self._internal_batch_size
+
+    @internal_batch_size.setter
+    def internal_batch_size(self, value: Optional[int]) -> None:
+        self._internal_batch_size = None if value is None else check_positive_int(value, "internal_batch_size")
 
     def attribute(
         self,
@@ -88,26 +162,87 @@ class AttributionMethod:
         *,
         output: Selector = None,
         return_convergence_delta: bool = False,
+        reduce_channels: bool = True,
         **options,
     ) -> Union[Tensor, tuple[Tensor, Tensor]]:
         """The maps ((B, H, W) for images, see the method), and with ``return_convergence_delta``
-        (path methods) the pair (maps, delta)."""
-        if return_convergence_delta and not self.takes_baselines:
+        (path methods) the pair (maps, delta). The arguments are in the module docstring."""
+        if return_convergence_delta and not self.has_convergence_delta:
             raise TypeError(f"{type(self).__name__} has no path from a baseline, so no convergence delta; "
                             "return_convergence_delta is for IntegratedGradients and GuidedIG")
+        self._check_reduce_channels(reduce_channels)
         with self._calling(inputs, target, baselines, additional_forward_args, output, options) as (
             call, inputs, target, keywords
         ):
-            maps = warn_if_not_finite(call._attribute(inputs, target, **keywords).detach(),
-                                      f"{type(self).__name__} maps")
+            attributions = call._attribute(inputs, target, **keywords)
+            maps = warn_if_not_finite(call._reduced(attributions, reduce_channels), f"{type(self).__name__} maps")
             if not return_convergence_delta:
                 return maps
-            return maps, call._convergence_delta(inputs, target, maps)
+            return maps, call._convergence_delta(inputs, target, attributions)
+
+    def attribute_with_completeness(
+        self,
+        inputs: Tensor,
+        target: Target = None,
+        baselines: Baselines = None,
+        additional_forward_args: Any = None,
+        *,
+        output: Selector = None,
+        reduce_channels: bool = True,
+        **options,
+    ) -> tuple[Tensor, Optional[Tensor]]:
+        """``attribute``'s maps and each image's (B,) completeness error
+        |Σ A − (f_c(x) − f_c(x'))| / |f_c(x) − f_c(x')| (0 where both sides are 0), or None where
+        the method does not claim that its attributions sum to a score difference."""
+        self._check_reduce_channels(reduce_channels)
+        with self._calling(inputs, target, baselines, additional_forward_args, output, options) as (
+            call, inputs, target, keywords
+        ):
+            attributions, error = call._attribute_with_completeness(inputs, target, **keywords)
+            return warn_if_not_finite(call._reduced(attributions, reduce_channels), f"{type(self).__name__} maps"), error
+
+    def completeness_reference(self, inputs: Tensor) -> Optional[Tensor]:
+        """The reference x' whose score gap f_c(x) − f_c(x') the attributions of ``inputs`` sum to
+        (completeness), or None where the method makes no such claim (the default)."""
+        return None
+
+    @classmethod
+    def resolved_options(cls, model: nn.Module, options: Dict[str, Any], example: Optional[Tensor] = None
+                         ) -> Dict[str, Any]:
+        """The constructor ``options`` with what a first call on ``model`` would decide filled in,
+        as names a manifest can record (``example``: one (C, H, W) input to decide it on). Most
+        methods decide nothing: the options come back as they are (a CAM method fills ``layer``)."""
+        return dict(options)
 
     def _attribute(self, inputs: Tensor, target: Tensor, **kwargs) -> Tensor:  # pragma: no cover
         raise NotImplementedError
 
+    def _attribute_with_completeness(self, inputs: Tensor, target: Tensor, **keywords) -> tuple[Tensor, Optional[Tensor]]:
+        """(attributions, completeness error or None) from ``_attribute`` and ``completeness_reference``."""
+        attributions = self._attribute(inputs, target, **keywords)
+        reference = self.completeness_reference(inputs)
+        if reference is None:
+            return attributions, None
+        return attributions, relative_completeness_error(attributions, self._score_gap(inputs, reference, target))
+
+    def _score_gap(self, inputs: Tensor, reference: Tensor, target: Tensor) -> Tensor:
+        """f_c(x) − f_c(x') per image, from one model call on the inputs and the reference."""
+        with torch.no_grad():
+            ends = score_outputs(self.model(torch.cat([inputs, reference])), target.repeat(2))
+        batch = inputs.shape[0]
+        return ends[:batch] - ends[batch:]
+
     # -- the call contract -------------------------------------------------------------------
+    def _check_reduce_channels(self, reduce_channels: bool) -> None:
+        if not reduce_channels and not self.channel_attributions:
+            raise TypeError(f"{type(self).__name__} gives one value per pixel, so reduce_channels=False does not "
+                            "apply; it is for the methods with per-channel attributions (the gradient family, "
+                            "IntegratedGradients, GuidedIG, BlurIG, LRP, DeepLift)")
+
+    def _reduced(self, attributions: Tensor, reduce_channels: bool) -> Tensor:
+        attributions = attributions.detach()
+        return sum_channels(attributions, reduce_channels) if self.channel_attributions else attributions
+
     @contextlib.contextmanager
     def _calling(
         self,
@@ -134,9 +269,23 @@ class AttributionMethod:
         if isinstance(model, nn.Module):
             check_model_device(model, inputs)
         with attribution_mode(model) if isinstance(model, nn.Module) else contextlib.nullcontext():
-            yield call, inputs, resolve_target(call.model, inputs, target), keywords
+            target = call._resolve_target(inputs, target)
+            yield call, inputs, target, keywords
+            check = call.model.target_check
+            if check is not None and not check.seen:  # no model call checked it: one image does
+                with torch.no_grad():
+                    check(one_image_logits(call.model, inputs))
         for name in self.learned_attributes:  # what the call found out about the model, kept for later calls
             setattr(self, name, getattr(call, name))
+
+    def _resolve_target(self, inputs: Tensor, target: Target) -> Tensor:
+        """The (B,) target. None: the predicted class (one forward pass). A given target: checked
+        now but for its class range, which ``self.model`` checks on the method's model calls."""
+        if target is None or not self.checks_target_on_first_call:
+            return resolve_target(self.model, inputs, target)
+        target = target_tensor(target, inputs.shape[0], inputs.device)
+        self.model.target_check = TargetClassCheck(target)
+        return target
 
     def _check_inputs(self, inputs: Tensor) -> Tensor:
         """Validated inputs, detached (and out of inference mode), so no call joins the caller's graph."""
@@ -159,7 +308,8 @@ class AttributionMethod:
         takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
         unknown = sorted(name for name in options if name not in parameters and not takes_any)
         if unknown:
-            accepted = [n for n in parameters if n not in ("inputs", "target")] + list(self.call_options)
+            accepted = ([n for n in parameters if n not in ("inputs", "target")] + list(self.call_options)
+                        + (["reduce_channels"] if self.channel_attributions else []))
             raise TypeError(f"{type(self).__name__}.attribute() got unexpected keyword argument(s) {', '.join(unknown)}; "
                             f"it takes target, baselines, additional_forward_args, output"
                             f"{', ' + ', '.join(accepted) if accepted else ''}")
@@ -173,7 +323,7 @@ class AttributionMethod:
         return (f"{type(self).__name__} has no baseline, so it takes no baselines argument "
                 "(IntegratedGradients and GuidedIG do)")
 
-    def _convergence_delta(self, inputs: Tensor, target: Tensor, maps: Tensor) -> Tensor:  # pragma: no cover
+    def _convergence_delta(self, inputs: Tensor, target: Tensor, attributions: Tensor) -> Tensor:  # pragma: no cover
         raise NotImplementedError
 
 
@@ -182,6 +332,8 @@ class PathAttributionMethod(AttributionMethod):
     ``self.blur_kernel`` / ``self.blur_sigma``): Integrated Gradients and Guided IG."""
 
     takes_baselines = True
+    has_convergence_delta = True
+    channel_attributions = True
 
     def baseline_for(self, inputs: Tensor) -> Tensor:
         """The baseline x' (the inputs' shape) that ``attribute(inputs)`` starts its path from."""
@@ -198,10 +350,7 @@ class PathAttributionMethod(AttributionMethod):
             raise ValueError("the blur baseline needs (B, C, H, W) images; pass baselines='zeros', a number or a tensor")
         return make_reference(baseline, inputs, "baselines", self.blur_kernel, self.blur_sigma)
 
-    def _convergence_delta(self, inputs: Tensor, target: Tensor, maps: Tensor) -> Tensor:
+    def _convergence_delta(self, inputs: Tensor, target: Tensor, attributions: Tensor) -> Tensor:
         """Captum's delta: Σ attribution − (f_c(x) − f_c(x')) per image, f_c the target's output."""
-        baseline = self.baseline_for(inputs)
-        with torch.no_grad():
-            ends = score_outputs(self.model(torch.cat([inputs, baseline])), target.repeat(2))
-        batch = inputs.shape[0]
-        return maps.flatten(1).sum(dim=1).to(ends.dtype) - (ends[:batch] - ends[batch:])
+        gap = self._score_gap(inputs, self.baseline_for(inputs), target)
+        return attributions.detach().flatten(1).sum(dim=1).to(gap.dtype) - gap

@@ -19,9 +19,9 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from .._common import check_positive_int, input_gradient, reduce_channels as _reduce
+from .._common import check_positive_int, input_gradient
 from ._base import AttributionMethod
-from .gradients import _check_optional_batch, repeats_per_pass
+from .gradients import repeats_per_pass
 
 TRUNCATE = 4.0  # SciPy's gaussian_filter default
 
@@ -60,10 +60,15 @@ class BlurIG(AttributionMethod):
         steps: number of gradient evaluations along the path (PAIR: 100).
         grad_step: the σ step of the forward difference ∂blur/∂σ (PAIR: 0.01).
         sqrt: space the σ_i as sqrt(i · max_sigma / steps) (PAIR: False).
-        internal_batch_size: images per forward/backward pass (default as IntegratedGradients).
+        internal_batch_size: images per forward/backward pass (default as IntegratedGradients;
+            also a per-call option).
 
     ``reduce_channels=False`` returns the (B, C, H, W) attributions.
     """
+
+    channel_attributions = True
+    streams_passes = True
+    call_options = ("internal_batch_size",)
 
     def __init__(
         self,
@@ -79,7 +84,7 @@ class BlurIG(AttributionMethod):
         self.steps = check_positive_int(steps, "steps")
         self.grad_step = _check_positive_number(grad_step, "grad_step")
         self.sqrt = bool(sqrt)
-        self.internal_batch_size = _check_optional_batch(internal_batch_size, "internal_batch_size")
+        self.internal_batch_size = internal_batch_size
 
     def sigmas(self) -> Tensor:
         """σ_0 … σ_steps (float64), PAIR's spacing."""
@@ -90,8 +95,8 @@ class BlurIG(AttributionMethod):
         """(S, B, C, H, W): every image blurred with each σ's (row, column) matrices."""
         return torch.einsum("shi,bcij,swj->sbchw", rows, inputs, columns)
 
-    def _attribute(self, inputs: Tensor, target: Tensor, reduce_channels: bool = True) -> Tensor:
-        """(B, H, W) maps, or (B, C, H, W) with ``attribute(..., reduce_channels=False)``."""
+    def _attribute(self, inputs: Tensor, target: Tensor) -> Tensor:
+        """The (B, C, H, W) attributions (summed to (B, H, W) maps unless ``reduce_channels=False``)."""
         batch, _, height, width = inputs.shape
         sigmas = self.sigmas()
         step_sizes = (sigmas[1:] - sigmas[:-1]).to(dtype=inputs.dtype, device=inputs.device)
@@ -117,4 +122,4 @@ class BlurIG(AttributionMethod):
                                      targets[: count * batch])
             total -= torch.einsum("s,sbchw->bchw", step_sizes[start : start + count],
                                   sigma_gradient * grad.view_as(points))
-        return _reduce(total, reduce_channels)
+        return total

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .._common import input_gradient, reduce_channels as _reduce
+from .._common import input_gradient
 from ..references import Reference
 from ._base import PathAttributionMethod
 
@@ -167,7 +167,7 @@ class DeepLift(PathAttributionMethod):
                 handle.remove()
         return recorded
 
-    def _attribute(self, inputs: Tensor, target: Tensor, reduce_channels: bool = True) -> Tensor:
+    def _attribute(self, inputs: Tensor, target: Tensor) -> Tensor:
         baseline = self.baseline_for(inputs)
         # One reference image serves the batch, unless a forward argument differs per image.
         shared = not getattr(self.model, "per_example_arguments", False) and bool((baseline == baseline[:1]).all())
@@ -203,4 +203,4 @@ class DeepLift(PathAttributionMethod):
         finally:
             for handle in handles:
                 handle.remove()
-        return _reduce((inputs - baseline) * grad, reduce_channels)
+        return (inputs - baseline) * grad

@@ -19,23 +19,18 @@ import difflib
 import logging
 import math
 from collections import Counter
-from typing import Callable, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._common import Target, target_from_logits
-from ._base import AttributionMethod
+from ._base import AttributionMethod, UnsupportedArchitecture
 
 Layer = Union[str, nn.Module]
 ReshapeTransform = Callable[[Tensor], Tensor]
 logger = logging.getLogger(__name__)
-
-
-class UnsupportedArchitecture(ValueError):
-    """The method cannot explain this model as built (CAM without global average pooling + linear,
-    no layer a CAM method can use): a ValueError that callers running every method may skip."""
 
 
 def resolve_layer(model: nn.Module, layer: Layer) -> nn.Module:
@@ -353,6 +348,33 @@ class _LayerCAM(AttributionMethod):
         self.reshape_transform = resolve_reshape_transform(reshape_transform)
         self.relu = bool(relu)
         self.upsample = bool(upsample)
+
+    @classmethod
+    def resolved_options(cls, model: nn.Module, options: Dict[str, Any], example: Optional[Tensor] = None
+                         ) -> Dict[str, Any]:
+        """``options`` with ``layer`` as the full dotted name in ``model`` of the layer the method
+        explains: the given layer (a module or a name, "layer4" → "model.layer4" in a wrapper),
+        else ``model.GRADCAM_LAYER``, else (given one (C, H, W) ``example``) the layer
+        :func:`find_cam_layer` picks on it, with the reshape transform it needs ("vit" for
+        :data:`vit_reshape_transform`). Without an example an undeclared layer stays None."""
+        resolved = dict(options)
+        layer = resolved.get("layer")
+        declared = getattr(model, "GRADCAM_LAYER", None)
+        if layer is None and isinstance(declared, str):
+            layer = declared
+        if layer is not None:
+            resolved["layer"] = layer_name(model, resolve_layer(model, layer))
+            return resolved
+        if example is None:
+            return resolved
+        probe = cls(model, **{**resolved, "upsample": False})
+        device = next((t.device for t in list(model.parameters()) + list(model.buffers())), example.device)
+        probe.attribute(example[None].to(device))  # finds (and logs) the layer as the method itself would
+        resolved["layer"] = layer_name(model, probe.layer)
+        if probe.reshape_transform is not None and resolved.get("reshape_transform") is None:
+            found = probe.reshape_transform
+            resolved["reshape_transform"] = "vit" if found == vit_reshape_transform else found
+        return resolved
 
     def _ensure_layer(self, inputs: Tensor, target: Tensor) -> None:
         if self.layer is not None:

@@ -10,8 +10,8 @@ Every method returns (B, H, W) maps summed over channels; ``reduce_channels=Fals
 (B, C, H, W) attributions in Captum's layout. Inputs need not be images: any (B, ...) batch
 (e.g. (B, D) features) gives attributions of the inputs' shape. The Captum-style call
 (``baselines=``, ``additional_forward_args=``, ``return_convergence_delta=``, Captum's per-call
-``n_steps`` / ``method`` / ``internal_batch_size`` for IG and ``abs`` for Saliency) comes from
-``AttributionMethod``.
+``n_steps`` / ``method`` / ``internal_batch_size`` for IG, ``internal_batch_size`` for SmoothGrad
+and ``abs`` for Saliency) and the channel sum (``reduce_channels``) come from ``AttributionMethod``.
 """
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._common import Selector, check_positive_int, input_gradient, reduce_channels as _reduce
+from .._common import Selector, check_positive_int, input_gradient
 from ..references import Reference
-from ._base import AttributionMethod, PathAttributionMethod
+from ._base import AttributionMethod, DeprecatedBatchSize, PathAttributionMethod, pass_size
 
 # Captum's names for the quadrature rules of the path integral.
 IG_METHODS = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre")
@@ -33,14 +33,10 @@ SMOOTHGRAD_BASES = ("saliency", "input_x_gradient")
 # elements, and at least the whole input batch. Activation memory of a conv net grows with the
 # input size, so this bounds peak memory independently of n_steps / n_samples. On an
 # accelerator 2^22 (27 images of 3×224×224, 4096 of 1×32×32) keeps passes large enough to fill
-# the device. On CPU a pass whose activations stay in cache is fastest: IG with 200 steps on 64
-# digits (DigitsCNN, 2 cores, 32 MB L3) took 1.6–1.8 s with 128–192 images a pass, 1.9–2.3 s
-# with 64 or 256, and 4.0–4.4 s with 1024 or 3200; so 2^17 (128 digits).
+# the device. On CPU a pass whose activations stay in cache is fastest: a sweep of IG's pass
+# size on the digits CNN was fastest at 128–192 images a pass, slower at half or twice that
+# and far slower at ten times that; so 2^17 (128 digits).
 DEFAULT_ELEMENTS_PER_PASS = {"cpu": 1 << 17, "accelerator": 1 << 22}
-
-
-def _check_optional_batch(value, name: str) -> Optional[int]:
-    return None if value is None else check_positive_int(value, name)
 
 
 def repeats_per_pass(requested_images: Optional[int], inputs: Tensor, total_repeats: int) -> int:
@@ -93,6 +89,7 @@ class Saliency(AttributionMethod):
     """
 
     any_input_shape = True
+    channel_attributions = True
     call_options = ("abs",)
 
     def __init__(self, model: nn.Module, abs: bool = False, output: Selector = None):
@@ -102,19 +99,20 @@ class Saliency(AttributionMethod):
     def _set_call_options(self, abs: bool) -> None:
         self.abs = bool(abs)
 
-    def _attribute(self, inputs: Tensor, target: Tensor, reduce_channels: bool = True) -> Tensor:
+    def _attribute(self, inputs: Tensor, target: Tensor) -> Tensor:
         grad, _ = input_gradient(self.model, inputs, target)
-        return _reduce(grad.abs() if self.abs else grad, reduce_channels)
+        return grad.abs() if self.abs else grad
 
 
 class InputXGradient(AttributionMethod):
     """Input times its gradient, x ⊙ ∂f_c/∂x (Shrikumar et al. 2016), as Captum's InputXGradient."""
 
     any_input_shape = True
+    channel_attributions = True
 
-    def _attribute(self, inputs: Tensor, target: Tensor, reduce_channels: bool = True) -> Tensor:
+    def _attribute(self, inputs: Tensor, target: Tensor) -> Tensor:
         grad, _ = input_gradient(self.model, inputs, target)
-        return _reduce(inputs * grad, reduce_channels)
+        return inputs * grad
 
 
 class IntegratedGradients(PathAttributionMethod):
@@ -140,6 +138,7 @@ class IntegratedGradients(PathAttributionMethod):
     """
 
     any_input_shape = True
+    streams_passes = True
     call_options = ("n_steps", "method", "internal_batch_size")
 
     def __init__(
@@ -169,13 +168,17 @@ class IntegratedGradients(PathAttributionMethod):
         self.method = self.method if method is None else method
         self.alphas, self.weights = quadrature(self.method, self.n_steps)
         if internal_batch_size != -1:
-            self.internal_batch_size = _check_optional_batch(internal_batch_size, "internal_batch_size")
+            self.internal_batch_size = internal_batch_size
 
-    def _attribute(self, inputs: Tensor, target: Tensor, reduce_channels: bool = True) -> Tensor:
+    def completeness_reference(self, inputs: Tensor) -> Tensor:
+        """The baseline: IG's attributions sum to ≈ f_c(x) − f_c(x') (the completeness axiom)."""
+        return self.baseline_for(inputs)
+
+    def _attribute(self, inputs: Tensor, target: Tensor) -> Tensor:
         baseline = self.baseline_for(inputs)
         path = inputs - baseline
         total = self._weighted_gradient_sum(baseline, path, target)
-        return _reduce(total.view_as(inputs) * path, reduce_channels)
+        return total.view_as(inputs) * path
 
     def _weighted_gradient_sum(self, baseline: Tensor, path: Tensor, target: Tensor) -> Tensor:
         """Σ_k w_k ∇f_c(x' + α_k (x − x')), flattened, streamed in passes of whole steps."""
@@ -204,14 +207,19 @@ class SmoothGrad(AttributionMethod):
         stdev: noise σ as a fraction of each image's value range (max − min), as in the
             paper and PAIR ``saliency`` (Captum's NoiseTunnel takes an absolute σ instead).
         seed: seeds a private generator on the inputs' device; the global RNG is untouched.
-            Sample s of every call uses the same noise whatever ``batch_size`` is.
-        batch_size: images per forward/backward pass (default as IntegratedGradients).
+            Sample s of every call uses the same noise whatever ``internal_batch_size`` is.
+        internal_batch_size: images per forward/backward pass (default as IntegratedGradients;
+            also a per-call option). ``batch_size`` is its deprecated alias.
         base: "saliency" (the gradient) or "input_x_gradient" (noisy input × its gradient).
         abs: take |·| of each sample's attribution before averaging (Captum NoiseTunnel over
             Saliency(abs=True)); the channel sum comes after.
     """
 
     any_input_shape = True
+    channel_attributions = True
+    streams_passes = True
+    call_options = ("internal_batch_size",)
+    batch_size = DeprecatedBatchSize()
 
     def __init__(
         self,
@@ -223,6 +231,7 @@ class SmoothGrad(AttributionMethod):
         base: str = "saliency",
         abs: bool = False,
         output: Selector = None,
+        internal_batch_size: Optional[int] = None,
     ):
         super().__init__(model, output)
         self.n_samples = check_positive_int(n_samples, "n_samples")
@@ -232,7 +241,7 @@ class SmoothGrad(AttributionMethod):
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
             raise TypeError(f"seed must be an int, got {type(seed).__name__}")
         self.seed = int(seed)
-        self.batch_size = _check_optional_batch(batch_size, "batch_size")
+        self.internal_batch_size = pass_size(internal_batch_size, batch_size, "SmoothGrad")
         if base not in SMOOTHGRAD_BASES:
             raise ValueError(f"base must be one of {SMOOTHGRAD_BASES}, got {base!r}")
         self.base = base
@@ -244,18 +253,18 @@ class SmoothGrad(AttributionMethod):
         value_range = flat.max(dim=1).values - flat.min(dim=1).values
         return (self.stdev * value_range).view(-1, *[1] * (inputs.dim() - 1))
 
-    def _attribute(self, inputs: Tensor, target: Tensor, reduce_channels: bool = True) -> Tensor:
+    def _attribute(self, inputs: Tensor, target: Tensor) -> Tensor:
         batch = inputs.shape[0]
         sigma = self.noise_scale(inputs)
         generator = torch.Generator(device=inputs.device).manual_seed(self.seed)
-        samples = repeats_per_pass(self.batch_size, inputs, self.n_samples)
+        samples = repeats_per_pass(self.internal_batch_size, inputs, self.n_samples)
         buffer = torch.empty((samples, *inputs.shape), dtype=inputs.dtype, device=inputs.device)
         targets = target.repeat(samples)
         total = torch.zeros_like(inputs)
         for start in range(0, self.n_samples, samples):
             count = min(samples, self.n_samples - start)
             noisy = buffer[:count]
-            for sample in noisy:  # one draw per sample keeps the noise independent of batch_size
+            for sample in noisy:  # one draw per sample keeps the noise independent of the pass size
                 torch.randn(inputs.shape, generator=generator, out=sample)
             noisy.mul_(sigma).add_(inputs)
             flat = noisy.view(count * batch, *inputs.shape[1:])
@@ -264,4 +273,4 @@ class SmoothGrad(AttributionMethod):
             if self.abs:
                 attribution = attribution.abs_()
             total += attribution.view(count, *inputs.shape).sum(dim=0)
-        return _reduce(total / self.n_samples, reduce_channels)
+        return total / self.n_samples

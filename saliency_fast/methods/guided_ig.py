@@ -14,7 +14,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
-from .._common import Selector, check_positive_int, input_gradient, reduce_channels as _reduce
+from .._common import Selector, check_positive_int, input_gradient
 from ..references import Reference
 from ._base import PathAttributionMethod
 
@@ -127,7 +127,7 @@ class GuidedIG(PathAttributionMethod):
         self.blur_kernel = blur_kernel
         self.blur_sigma = blur_sigma
 
-    def _attribute(self, inputs: Tensor, target: Tensor, reduce_channels: bool = True) -> Tensor:
+    def _attribute(self, inputs: Tensor, target: Tensor) -> Tensor:
         batch = inputs.shape[0]
         baseline = self.baseline_for(inputs)
 
@@ -138,4 +138,4 @@ class GuidedIG(PathAttributionMethod):
         attr = guided_ig_path(
             gradient, inputs.reshape(batch, -1), baseline.reshape(batch, -1), self.x_steps, self.fraction, self.max_dist
         )
-        return _reduce(attr.view_as(inputs), reduce_channels)
+        return attr.view_as(inputs)

@@ -24,8 +24,8 @@ import torch
 from torch import Tensor, nn
 
 from .._common import check_positive_int, Target, check_score, score_outputs
-from ._base import AttributionMethod
-from .gradients import _check_optional_batch, repeats_per_pass
+from ._base import AttributionMethod, DeprecatedBatchSize, pass_size
+from .gradients import repeats_per_pass
 from .xrai import _skimage
 
 SEGMENTATIONS = ("slic", "quickshift")
@@ -76,12 +76,16 @@ class LIME(AttributionMethod):
         alpha: the Lasso's L1 weight.
         seed: seeds the on/off patterns (and quickshift's tie-breaking).
         score: "logit" (default, Captum's model output), "probability" or "log_probability".
-        batch_size: perturbed images per forward pass (default: as IntegratedGradients' passes).
+        internal_batch_size: perturbed images per forward pass (default: as IntegratedGradients'
+            passes; also a per-call option). ``batch_size`` is its deprecated alias.
 
     Returns (B, H, W): each superpixel's coefficient on its pixels.
     """
 
     needs_gradients = False  # model calls only: runs under torch.inference_mode() too
+    streams_passes = True
+    call_options = ("internal_batch_size",)
+    batch_size = DeprecatedBatchSize()
 
     def __init__(
         self,
@@ -93,6 +97,7 @@ class LIME(AttributionMethod):
         seed: int = 0,
         score: str = "logit",
         batch_size: Optional[int] = None,
+        internal_batch_size: Optional[int] = None,
     ):
         super().__init__(model)
         self.n_samples = check_positive_int(n_samples, "n_samples")
@@ -108,7 +113,7 @@ class LIME(AttributionMethod):
             raise TypeError(f"seed must be an int, got {type(seed).__name__}")
         self.seed = int(seed)
         self.score = check_score(score)
-        self.batch_size = _check_optional_batch(batch_size, "batch_size")
+        self.internal_batch_size = pass_size(internal_batch_size, batch_size, "LIME")
         _skimage()
         _lasso(self.alpha)
 
@@ -168,7 +173,7 @@ class LIME(AttributionMethod):
         """(B, S) target scores of the perturbed images and their similarity weights, given the
         (B, S, F) on/off patterns and the (B, 1, H·W) pixel labels; built a pass at a time."""
         batch, _, height, width = inputs.shape
-        per_pass = repeats_per_pass(self.batch_size, inputs, self.n_samples)
+        per_pass = repeats_per_pass(self.internal_batch_size, inputs, self.n_samples)
         scores = torch.empty(batch, self.n_samples, dtype=inputs.dtype, device=inputs.device)
         weights = torch.empty_like(scores)
         flat = inputs.reshape(batch, 1, -1)

@@ -16,9 +16,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .._common import input_gradient, reduce_channels as _reduce
-from ._base import AttributionMethod
-from .gradcam import UnsupportedArchitecture
+from .._common import input_gradient
+from ._base import AttributionMethod, UnsupportedArchitecture
 
 EPSILON_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d,
                   nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
@@ -69,6 +68,8 @@ class LRP(AttributionMethod):
     (``torch.flatten``, a residual ``+``) pass relevance as their gradient.
     """
 
+    channel_attributions = True
+
     def __init__(self, model: nn.Module, epsilon: float = 1e-9):
         super().__init__(model)
         if not isinstance(model, nn.Module):
@@ -92,8 +93,8 @@ class LRP(AttributionMethod):
             )
         return [m for m in leaves if not isinstance(m, RESHAPING)]
 
-    def _attribute(self, inputs: Tensor, target: Tensor, reduce_channels: bool = True) -> Tensor:
-        """(B, H, W) relevance maps, or (B, C, H, W) with ``attribute(..., reduce_channels=False)``."""
+    def _attribute(self, inputs: Tensor, target: Tensor) -> Tensor:
+        """The (B, C, H, W) relevance (summed to (B, H, W) maps unless ``reduce_channels=False``)."""
         saved_inputs = {}
 
         def before(module, args):
@@ -119,4 +120,4 @@ class LRP(AttributionMethod):
             for handle in handles:
                 handle.remove()
         # The backward pass propagated relevance 1 from the target logit; scale it to f_c(x).
-        return _reduce(relevance * scores.view(-1, 1, 1, 1), reduce_channels)
+        return relevance * scores.view(-1, 1, 1, 1)

@@ -21,8 +21,8 @@ import torch
 from torch import Tensor, nn
 
 from .._common import check_positive_int, check_score, score_outputs
-from ._base import AttributionMethod
-from .gradients import _check_optional_batch, repeats_per_pass
+from ._base import AttributionMethod, DeprecatedBatchSize, pass_size
+from .gradients import repeats_per_pass
 
 
 def mirror_bilinear_matrix(cells: int, size: int) -> Tensor:
@@ -69,12 +69,16 @@ class RISE(AttributionMethod):
         seed: seeds the masks (a private CPU generator; the global RNG is untouched).
         score: the model output weighting each mask: "probability" (softmax, as the authors'
             code, which appends a Softmax to the model), "logit" or "log_probability".
-        batch_size: masked images per forward pass (default: as IntegratedGradients' passes).
+        internal_batch_size: masked images per forward pass (default: as IntegratedGradients'
+            passes; also a per-call option). ``batch_size`` is its deprecated alias.
 
     No gradients: the model is only evaluated. ``masks_for(height, width)`` returns the masks.
     """
 
     needs_gradients = False  # model calls only: runs under torch.inference_mode() too
+    streams_passes = True
+    call_options = ("internal_batch_size",)
+    batch_size = DeprecatedBatchSize()
 
     def __init__(
         self,
@@ -85,6 +89,7 @@ class RISE(AttributionMethod):
         seed: int = 0,
         score: str = "probability",
         batch_size: Optional[int] = None,
+        internal_batch_size: Optional[int] = None,
     ):
         super().__init__(model)
         self.n_masks = check_positive_int(n_masks, "n_masks")
@@ -96,7 +101,7 @@ class RISE(AttributionMethod):
             raise TypeError(f"seed must be an int, got {type(seed).__name__}")
         self.seed = int(seed)
         self.score = check_score(score)
-        self.batch_size = _check_optional_batch(batch_size, "batch_size")
+        self.internal_batch_size = pass_size(internal_batch_size, batch_size, "RISE")
         self._cache: dict = {}
 
     def draws(self, height: int, width: int) -> tuple[Tensor, Tensor]:
@@ -122,7 +127,7 @@ class RISE(AttributionMethod):
     def _attribute(self, inputs: Tensor, target: Tensor) -> Tensor:
         batch, channels, height, width = inputs.shape
         masks = self.masks_for(height, width, inputs.dtype, inputs.device)
-        per_pass = repeats_per_pass(self.batch_size, inputs, self.n_masks)
+        per_pass = repeats_per_pass(self.internal_batch_size, inputs, self.n_masks)
         scores = torch.empty(self.n_masks, batch, dtype=inputs.dtype, device=inputs.device)
         targets = target.repeat(per_pass)
         with torch.no_grad():

@@ -21,12 +21,14 @@ from torch import Tensor, nn
 
 from .. import ops
 from .._common import (
+    PATHS,
     BoundModel,
     Selector,
     Target,
     check_score,
     input_gradient,
     minmax_normalize,
+    relative_completeness_error,
     score_outputs,
     warn_if_not_finite,
 )
@@ -34,7 +36,6 @@ from .._reference import ATOL, RTOL, pixels_active
 from ..references import SMALL_IMAGE_SIDE, Reference, make_reference
 from ._base import AttributionMethod
 
-PATHS = ("deletion", "insertion")
 PATH_DTYPES = {torch.float16: torch.float32, torch.bfloat16: torch.float32,
                torch.float32: torch.float32, torch.float64: torch.float64}
 TIES = ("include", "exact")
@@ -59,9 +60,8 @@ class PathResult:
 
     @property
     def completeness_error(self) -> Tensor:
-        """|Σ A − (f_c(x) − f_c(r))| / |f_c(x) − f_c(r)| per image."""
-        expected = self.input_score - self.reference_score
-        return (self.attribution.flatten(1).sum(1) - expected).abs() / expected.abs()
+        """|Σ A − (f_c(x) − f_c(r))| / |f_c(x) − f_c(r)| per image (0 where both sides are 0)."""
+        return relative_completeness_error(self.attribution, self.input_score - self.reference_score)
 
 
 @dataclass
@@ -149,6 +149,13 @@ class SAMP(AttributionMethod):
 
     Inputs may be float16/bfloat16 (the model runs in that dtype; the path is kept in float32 and
     the maps are float32), float32 or float64.
+
+    ``attribute(inputs, target=None, additional_forward_args=None, *, output=None)`` returns the
+    (B, H, W) maps (positive = supports the target class), with ``AttributionMethod``'s call
+    contract; SAMP takes no ``baselines`` (its path ends are ``deletion_reference`` and
+    ``insertion_reference``). ``attribute_paths`` also returns each path's map, steps and scores;
+    ``attribute_with_completeness`` the maps and each image's completeness error, averaged over
+    the paths (each path's attribution sums to about f_c(x) − f_c(reference)).
     """
 
     def __init__(
@@ -208,12 +215,6 @@ class SAMP(AttributionMethod):
         return cls(model, **{"n_frag": 50, "momentum": 0.5, **overrides})
 
     # -- public API ---------------------------------------------------------------------
-    def attribute(self, inputs: Tensor, target: Target = None, baselines=None, additional_forward_args=None, *,
-                  output: Selector = None, **options) -> Tensor:
-        """(B, H, W) SAMP maps (positive = supports the target class); the call contract of
-        ``AttributionMethod`` (SAMP's path ends are ``deletion_reference`` / ``insertion_reference``)."""
-        return super().attribute(inputs, target, baselines, additional_forward_args, output=output, **options)
-
     def attribute_paths(self, inputs: Tensor, target: Target = None, scores: bool = True, *,
                         additional_forward_args=None, output: Selector = None) -> SAMPResult:
         """The map plus the raw per-path maps, steps, model calls and (with ``scores``) the
@@ -236,6 +237,11 @@ class SAMP(AttributionMethod):
 
     def _attribute(self, inputs: Tensor, target: Tensor) -> Tensor:
         return self._attribute_paths(inputs, target, scores=False).attribution
+
+    def _attribute_with_completeness(self, inputs: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        result = self._attribute_paths(inputs, target, scores=True)
+        errors = torch.stack([path.completeness_error for path in result.paths.values()])
+        return result.attribution, errors.mean(dim=0)
 
     def _attribute_paths(self, inputs: Tensor, target: Tensor, scores: bool) -> SAMPResult:
         """On validated inputs and a resolved (B,) target, with ``self.model`` bound (see _base)."""

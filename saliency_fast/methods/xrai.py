@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from ._base import AttributionMethod
 from .._common import check_positive_int
-from .gradients import IntegratedGradients, _check_optional_batch
+from .gradients import IntegratedGradients
 
 FELZENSZWALB_SCALES = (50, 100, 150, 250, 500, 1200)
 FELZENSZWALB_SIGMA = 0.8
@@ -110,8 +110,8 @@ def xrai_regions(attr: Tensor, masks: Tensor, valid: Tensor, min_pixel_diff: int
 class _PairIntegratedGradients(IntegratedGradients):
     """PAIR's IG path: α_k = linspace(0, 1, steps), every point weighted 1/steps."""
 
-    def __init__(self, model, n_steps: int, internal_batch_size: Optional[int]):
-        super().__init__(model, n_steps=max(n_steps, 2), method="riemann_left", internal_batch_size=internal_batch_size)
+    def __init__(self, model, n_steps: int):
+        super().__init__(model, n_steps=max(n_steps, 2), method="riemann_left")
         self.n_steps = n_steps
         self.alphas = np.linspace(0.0, 1.0, n_steps)
         self.weights = np.full(n_steps, 1.0 / n_steps)
@@ -125,30 +125,24 @@ class XRAI(AttributionMethod):
     Args:
         steps: IG points per baseline (PAIR: 100).
         internal_batch_size: images per forward/backward pass of the IG (default as
-            IntegratedGradients).
+            IntegratedGradients; also a per-call option).
         min_pixel_diff: masks adding fewer new pixels are dropped (PAIR: 50).
 
     Returns (B, H, W) region maps (no channel dimension: XRAI ranks pixels, not channels).
     ``segments(inputs)`` returns the masks used, ``base_attribution(inputs, target)`` the IG map.
     """
 
+    streams_passes = True
+    call_options = ("internal_batch_size",)
+
     def __init__(self, model: nn.Module, steps: int = 100, internal_batch_size: Optional[int] = None,
                  min_pixel_diff: int = MIN_PIXEL_DIFF):
         super().__init__(model)
         self.steps = check_positive_int(steps, "steps")
-        self._ig = _PairIntegratedGradients(model, self.steps, _check_optional_batch(internal_batch_size,
-                                                                                     "internal_batch_size"))
+        self.internal_batch_size = internal_batch_size
+        self._ig = _PairIntegratedGradients(model, self.steps)
         self.min_pixel_diff = check_positive_int(min_pixel_diff, "min_pixel_diff")
         _skimage()  # fail at construction when scikit-image is missing
-
-    @property
-    def internal_batch_size(self) -> Optional[int]:
-        """Images per IG pass (``attribute_dataset`` halves it after running out of memory)."""
-        return self._ig.internal_batch_size
-
-    @internal_batch_size.setter
-    def internal_batch_size(self, value: Optional[int]) -> None:
-        self._ig.internal_batch_size = _check_optional_batch(value, "internal_batch_size")
 
     def base_attribution(self, inputs: Tensor, target: Tensor) -> Tensor:
         """(B, H, W): the mean of IG from the min and the max baseline, max over channels."""
@@ -160,6 +154,7 @@ class XRAI(AttributionMethod):
         path = torch.cat([inputs, inputs]) - baselines
         ig = copy.copy(self._ig)
         ig.model = self.model  # during attribute(): the bound model (forward arguments, output=)
+        ig.internal_batch_size = self.internal_batch_size
         gradients = ig._weighted_gradient_sum(baselines, path, torch.cat([target, target]))
         attributions = gradients.view_as(path) * path
         return ((attributions[:batch] + attributions[batch:]) / 2).amax(dim=1)
