@@ -5,8 +5,7 @@ metrics of the papers, and explanation-improving training (SCAAT, RES) — see R
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from ._native import build_info, native_available
 from .allocator import tune_cpu_allocator
 from . import data, metrics, models, ops, references, train, viz

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.version:
-        from . import __version__
+        from ._version import __version__
         from ._native import format_build_info
 
         print(f"saliency_fast {__version__}\n{format_build_info()}")

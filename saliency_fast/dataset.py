@@ -60,6 +60,7 @@ from .methods import CAM, GradCAM, GradCAMPlusPlus, GuidedIG, InputXGradient, In
 from .methods import LIME, LRP, RISE, XRAI, BlurIG, DeepLift
 from ._common import BoundModel, attribution_mode, check_positive_int
 from ._distributed import ProcessGroup
+from ._version import __version__
 from .train.checkpoint import (CHECKSUM_KEY, CorruptFileError, FolderInUseError, FolderLock, atomic_write_bytes,
                                content_checksum, load_verified, remove_stale_temporaries, save_verified)
 
@@ -838,8 +839,6 @@ def _prepare(out_dir: Path, identity: dict, resume: bool, processes: ProcessGrou
         raise ValueError(f"{out_dir} holds shard files but no {MANIFEST_NAME}; it was not written by "
                          "attribute_dataset. Use a new out_dir, or resume=False to overwrite it.")
     processes.barrier()  # all ranks have read the old manifest before rank 0 touches the folder
-    from . import __version__
-
     manifest = {
         "format": FORMAT_VERSION, "package": "saliency_fast", "version": __version__, "torch": torch.__version__,
         "identity": identity, "run": content_checksum(identity), "source": source, "complete": False,
