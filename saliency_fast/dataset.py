@@ -61,8 +61,9 @@ from .methods import LIME, LRP, RISE, XRAI, BlurIG, DeepLift
 from ._common import BoundModel, attribution_mode, check_positive_int
 from ._distributed import ProcessGroup
 from ._version import __version__
-from .train.checkpoint import (CHECKSUM_KEY, CorruptFileError, FolderInUseError, FolderLock, atomic_write_bytes,
-                               content_checksum, load_verified, remove_stale_temporaries, save_verified)
+from ._io import (CHECKSUM_KEY, CorruptFileError, atomic_write_bytes, content_checksum, load_verified,
+                  remove_stale_temporaries, save_verified)
+from ._lock import FolderInUseError, FolderLock
 
 __all__ = ["attribute_dataset", "load_attributions", "make_method", "method_parameters", "AttributionSet",
            "PreparedImages", "prepare_image", "resolve_cam_options",
