@@ -72,6 +72,12 @@ def atomic_write_bytes(path: Path, write) -> None:
             pass
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    """:func:`atomic_write_bytes` of ``text`` in UTF-8."""
+    data = text.encode()
+    atomic_write_bytes(path, lambda handle: handle.write(data))
+
+
 def _cannot_write(path: Path, code: int) -> OSError:
     """The OSError a failed write raises: the file, the reason, and what to do about it."""
     advice = "; free some disk space" if code in (errno.ENOSPC, errno.EDQUOT) else "; choose a writable folder"
