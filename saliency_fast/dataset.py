@@ -70,25 +70,11 @@ __all__ = ["attribute_dataset", "load_attributions", "make_method", "method_para
 
 # torch >= 2.5 names it torch.OutOfMemoryError; before, only the CUDA alias existed.
 OutOfMemoryError = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
-# A method's images per internal model call (Captum's name), shrunk together with the batch on OOM.
-PASS_SIZE = "internal_batch_size"
-# The same for methods that still call it batch_size (SmoothGrad, RISE, LIME): remove this line once
-# every method takes internal_batch_size (issue 19, the methods' part).
-_LEGACY_PASS_SIZES = ("batch_size",)
 
 
-def _pass_sizes(method) -> List[int]:
-    """The method's internal pass sizes (None: every image of a call in one pass)."""
-    return [getattr(method, name) for name in (PASS_SIZE, *_LEGACY_PASS_SIZES) if hasattr(method, name)]
-
-
-def _set_pass_size(method, size: int) -> None:
-    """Make the method's internal passes ``size`` images (methods without such a pass are left alone)."""
-    for name in (PASS_SIZE, *_LEGACY_PASS_SIZES):
-        if hasattr(method, name):
-            setattr(method, name, size)
-
-
+# ==============================================================================================
+# the model and the run's identity
+# ==============================================================================================
 def check_model_accepts(model: nn.Module, shape: Tuple[int, ...], where: str, device=None) -> None:
     """One forward of a zero image of ``shape`` (C, H, W): refuse images the model cannot take,
     or a model that does not return (B, classes) logits, naming ``where`` the images come from."""
@@ -107,8 +93,6 @@ def check_model_accepts(model: nn.Module, shape: Tuple[int, ...], where: str, de
     if isinstance(output, torch.Tensor) and output.dim() != 2:
         raise ValueError(f"the model must return (B, classes) logits, but returned shape {tuple(output.shape)} "
                          "for a batch of 1")
-
-
 
 
 def model_fingerprint(model: nn.Module) -> str:
@@ -148,6 +132,28 @@ class _RunModel(nn.Module):
         with torch.autocast(device_type=x.device.type, dtype=self.amp_dtype):
             logits = self._call(x)
         return logits.float()
+
+
+# ==============================================================================================
+# the run
+# ==============================================================================================
+# A method's images per internal model call (Captum's name), shrunk together with the batch on OOM.
+PASS_SIZE = "internal_batch_size"
+# The same for methods that still call it batch_size (SmoothGrad, RISE, LIME): remove this line once
+# every method takes internal_batch_size (issue 19, the methods' part).
+_LEGACY_PASS_SIZES = ("batch_size",)
+
+
+def _pass_sizes(method) -> List[Optional[int]]:
+    """The method's internal pass sizes (None: every image of a call in one pass)."""
+    return [getattr(method, name) for name in (PASS_SIZE, *_LEGACY_PASS_SIZES) if hasattr(method, name)]
+
+
+def _set_pass_size(method, size: int) -> None:
+    """Make the method's internal passes ``size`` images (methods without such a pass are left alone)."""
+    for name in (PASS_SIZE, *_LEGACY_PASS_SIZES):
+        if hasattr(method, name):
+            setattr(method, name, size)
 
 
 class _Runner:

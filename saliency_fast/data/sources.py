@@ -164,7 +164,7 @@ def _sample_indices(count: int) -> List[int]:
     return sorted({round(i * (count - 1) / (FINGERPRINT_SAMPLES - 1)) for i in range(FINGERPRINT_SAMPLES)})
 
 
-Source = Union["ArraySource", "FolderSource", "DatasetSource"]
+Source = Union[ArraySource, FolderSource, DatasetSource]
 
 
 def open_source(data) -> Source:
@@ -183,7 +183,7 @@ def open_source(data) -> Source:
             return ArraySource(np.load(path, mmap_mode="r"), f"file {path}")
         if path.suffix in (".pt", ".pth"):
             return ArraySource(_images_from_pt(torch.load(path, map_location="cpu", weights_only=True), path),
-                                f"file {path}")
+                               f"file {path}")
         raise ValueError(f"data file {path} must be .pt, .pth or .npy (or pass an image folder)")
     if hasattr(data, "__getitem__") and hasattr(data, "__len__"):
         return DatasetSource(data)
@@ -202,7 +202,7 @@ def _images_from_pt(content, path: Path) -> Tensor:
     raise ValueError(f"{path} must hold a tensor, an (images, labels) tuple or a dict with an 'images' tensor")
 
 
-def load_checked(source, index: int, shape: Optional[Tuple[int, ...]]) -> Tuple[Optional[Tensor], Optional[str]]:
+def load_checked(source: Source, index: int, shape: Optional[Tuple[int, ...]]) -> Tuple[Optional[Tensor], Optional[str]]:
     """(image, None) or (None, why it is skipped)."""
     try:
         image = source.load(index)
@@ -215,7 +215,7 @@ def load_checked(source, index: int, shape: Optional[Tuple[int, ...]]) -> Tuple[
     return image, None
 
 
-def first_image(source) -> Tensor:
+def first_image(source: Source) -> Tensor:
     """The first readable image (its shape is the reference; CAM methods find their layer on it)."""
     for index in range(len(source)):
         image, _ = load_checked(source, index, None)
