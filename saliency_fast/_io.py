@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._jsonable import jsonable
+
 CHECKSUM_KEY = "checksum"
 
 
@@ -197,16 +199,15 @@ def tensor_hash(tensor: Tensor) -> str:
     return digest.hexdigest()
 
 
-def jsonable(value: Any) -> Any:
-    """A JSON-safe record of an option value (tensors by shape and content hash)."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
+def _manifest_leaf(value: Any) -> Any:
     if isinstance(value, Tensor):
         return {"tensor": list(value.shape), "dtype": str(value.dtype), "sha256": tensor_hash(value)}
     if isinstance(value, np.generic):
         return value.item()
     return repr(value)
+
+
+def json_record(value: Any) -> Any:
+    """A JSON-safe record of an option value, as attribution manifests keep it (tensors by shape
+    and content hash, other objects by repr)."""
+    return jsonable(value, _manifest_leaf)

@@ -55,7 +55,7 @@ from torch import Tensor, nn
 from . import attribution_store as store
 from ._common import BoundModel, attribution_mode, check_positive_int
 from ._distributed import ProcessGroup
-from ._io import CorruptFileError, jsonable, tensor_bytes
+from ._io import CorruptFileError, json_record, tensor_bytes
 from ._lock import FolderInUseError, FolderLock
 from .attribution_store import (FORMAT_VERSION, MANIFEST_NAME, SHARD_PATTERN, STORAGE_DTYPES,  # noqa: F401
                                 AttributionSet, load_attributions)
@@ -321,7 +321,7 @@ def attribute_dataset(
             raise ValueError("method_options, amp, channels_last and compile need a method name; a method object "
                              "runs as it was built")
         method_name = type(method).__qualname__
-        parameters = jsonable(method.config() if hasattr(method, "config") else repr(method))
+        parameters = json_record(method.config() if hasattr(method, "config") else repr(method))
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(f"out_dir {out_dir} is a file, not a folder; pass a folder (it is created if missing)")

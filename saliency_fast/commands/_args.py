@@ -4,7 +4,7 @@ what to do (``cli.main`` prints it in one line, no traceback)."""
 from __future__ import annotations
 
 import json
-from typing import Optional
+from typing import Any, Iterable, Optional
 
 import torch
 from torch import nn
@@ -43,9 +43,9 @@ def parse_device(text: Optional[str], flag: str = "--device") -> Optional[torch.
     raise ValueError(f"{flag} {text}: unsupported here; use cpu or cuda")
 
 
-def parse_options(pairs) -> dict:
+def parse_options(pairs: Iterable[str]) -> dict[str, Any]:
     """``--option KEY=VALUE`` (repeatable) → {KEY: VALUE}, VALUE parsed as JSON when it can be."""
-    options = {}
+    options: dict[str, Any] = {}
     for pair in pairs:
         key, separator, value = pair.partition("=")
         if not separator or not key:

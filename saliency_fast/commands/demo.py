@@ -7,7 +7,7 @@ import time
 import torch
 from tqdm import tqdm
 
-from ..methods import SAMP, Saliency
+from .. import SAMP, Saliency
 from ..data import load_digits
 from ..models import digits_cnn
 from ..viz import heatmap_grid

@@ -12,7 +12,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from torch import Tensor, nn
 
-from .._io import jsonable
+from .._io import json_record
 from ._base import AttributionMethod
 from .blur_ig import BlurIG
 from .deeplift import DeepLift
@@ -102,7 +102,7 @@ def method_parameters(name: str, model: Optional[nn.Module] = None, **options) -
         options["reshape_transform"] = f"{transform.__module__}.{transform.__qualname__}"
     bound = signature.bind(None, None, **options)
     bound.apply_defaults()
-    return {k: jsonable(v) for k, v in bound.arguments.items() if k not in ("self", "model")}
+    return {k: json_record(v) for k, v in bound.arguments.items() if k not in ("self", "model")}
 
 
 def make_method(name: str, model: nn.Module, **options) -> AttributionMethod:
