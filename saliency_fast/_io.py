@@ -20,7 +20,7 @@ import errno
 import hashlib
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, BinaryIO, Callable, Iterable, List, Optional
 
 import numpy as np
 import torch
@@ -42,7 +42,7 @@ class CorruptFileError(ValueError):
 DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
 
 
-def atomic_write_bytes(path: Path, write) -> None:
+def atomic_write_bytes(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """Call ``write(file)`` on a temporary sibling of ``path``, fsync it, then rename it into place.
 
     A failed write (full disk, read-only folder) raises ``OSError`` naming ``path``; torch.save
@@ -66,7 +66,7 @@ def atomic_write_bytes(path: Path, write) -> None:
         cause = _disk_error_in_chain(error)
         if cause is None and "write" not in str(error).lower():
             raise
-        raise _cannot_write(path, cause.errno if cause is not None else errno.ENOSPC) from error
+        raise _cannot_write(path, (cause.errno if cause is not None else None) or errno.ENOSPC) from error
     finally:
         try:
             temporary.unlink()
@@ -86,7 +86,7 @@ def _cannot_write(path: Path, code: int) -> OSError:
     return OSError(code, f"cannot write {path}: {os.strerror(code)}{advice}", str(path))
 
 
-def _disk_error_in_chain(error: BaseException) -> Optional[OSError]:
+def _disk_error_in_chain(error: Optional[BaseException]) -> Optional[OSError]:
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
@@ -96,7 +96,7 @@ def _disk_error_in_chain(error: BaseException) -> Optional[OSError]:
     return None
 
 
-def remove_stale_temporaries(folder: Path, names) -> list:
+def remove_stale_temporaries(folder: Path, names: Iterable[str]) -> List[Path]:
     """Delete ``.NAME.tmp-PID`` files (left by a writer killed mid-write) of the given names (glob
     patterns); call only while holding the folder's lock. Returns the removed paths."""
     removed = []
@@ -120,7 +120,7 @@ def content_checksum(value: Any) -> str:
     return digest.hexdigest()
 
 
-def _feed(digest, value) -> None:
+def _feed(digest: Any, value: Any) -> None:  # digest: a hashlib object
     if isinstance(value, torch.Tensor):
         digest.update(f"T{value.dtype}{tuple(value.shape)}:".encode())
         digest.update(tensor_bytes(value))

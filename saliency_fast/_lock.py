@@ -10,7 +10,7 @@ import socket
 import time
 import warnings
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Optional, Union
 
 from ._io import DISK_ERRORS
 
@@ -54,7 +54,7 @@ class FolderLock:
     another host, holds the lock; takes over, with a warning, a lock whose process is gone.
     """
 
-    def __init__(self, folder, purpose: str = "writing"):
+    def __init__(self, folder: Union[str, "os.PathLike[str]"], purpose: str = "writing") -> None:
         self.folder = Path(folder)
         self.path = self.folder / LOCK_NAME
         self.purpose = purpose
@@ -63,7 +63,7 @@ class FolderLock:
         self.acquire()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.release()
 
     def acquire(self) -> None:

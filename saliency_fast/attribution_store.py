@@ -9,7 +9,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Tuple, Union
+from typing import Any, List, Optional, Tuple, TypeGuard, Union
 
 import torch
 from torch import Tensor
@@ -148,7 +148,8 @@ def write_shard(out_dir: Path, index: int, record: dict) -> None:
 def finish_run(out_dir: Path, manifest: dict, ranges: List[Tuple[int, int]], settings: dict) -> dict:
     """After every shard is written: the shard index, the skipped images and the run's
     ``settings`` into the manifest, marked complete."""
-    shards, skipped = [], []
+    shards: List[dict] = []
+    skipped: List[dict] = []
     for index, (start, stop) in enumerate(ranges):
         record = _load_shard(out_dir / SHARD_PATTERN.format(index))
         shards.append({"index": index, "file": SHARD_PATTERN.format(index), "start": start, "stop": stop,
@@ -225,16 +226,17 @@ def load_attributions(out_dir: Union[str, os.PathLike], details: bool = False) -
                           insertion_auc=scores.get("insertion_auc"), skipped=skipped, manifest=manifest)
 
 
-def _is_int(value, low: int = 0) -> bool:
+def _is_int(value: Any, low: int = 0) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
 
-def _checked_manifest(out_dir: Path, manifest: dict):
+def _checked_manifest(out_dir: Path, manifest: dict
+                      ) -> Tuple[int, int, Tuple[int, ...], torch.dtype, bool, List[dict]]:
     """(count, shard_size, (H, W), storage dtype, evaluate, shard entries) after checking every
     field that reading relies on; CorruptFileError naming the manifest and the field otherwise."""
     path = out_dir / MANIFEST_NAME
 
-    def bad(field: str, value, expected: str):
+    def bad(field: str, value: Any, expected: str) -> CorruptFileError:
         text = json.dumps(value)[:80] if not isinstance(value, str) else repr(value[:80])
         return CorruptFileError(f"{path}: {field} is {text}, expected {expected}; the manifest was edited or damaged "
                                 "(recompute with resume=False)")
@@ -246,7 +248,8 @@ def _checked_manifest(out_dir: Path, manifest: dict):
         raise ValueError(f"{out_dir} is incomplete (the run was interrupted); run attribute_dataset again with "
                          "resume=True to finish it")
     data = identity.get("input")
-    count = data.get("count") if isinstance(data, dict) else None
+    data = data if isinstance(data, dict) else {}  # not an object: reported as a missing count
+    count = data.get("count")
     if not _is_int(count):
         raise bad("identity.input.count", count, "an int >= 0")
     shape = data.get("shape")
@@ -278,11 +281,11 @@ def _checked_manifest(out_dir: Path, manifest: dict):
     return count, shard_size, tuple(shape[1:]), STORAGE_DTYPES[dtype], evaluate, entries
 
 
-def _checked_shard(path: Path, record: dict, run_id: str, start: int, stop: int, map_shape, storage_dtype,
-                   evaluate: bool) -> Tuple[Tensor, List[dict]]:
+def _checked_shard(path: Path, record: dict, run_id: str, start: int, stop: int, map_shape: Tuple[int, ...],
+                   storage_dtype: torch.dtype, evaluate: bool) -> Tuple[Tensor, List[dict]]:
     """The shard's dataset indices and skipped entries after checking it against the manifest."""
 
-    def bad(what: str):
+    def bad(what: str) -> CorruptFileError:
         return CorruptFileError(f"{path}: {what}; the shard does not belong to this manifest (recompute it: delete "
                                 "it and run attribute_dataset again)")
 

@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
@@ -22,7 +23,7 @@ from ..methods.registry import METHOD_NAMES
 from ._args import IMAGE_SIZE_HELP, MODEL_HELP, image_preparation, load_model, parse_device, parse_options
 
 
-def add_parser(subparsers) -> None:
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "attribute", help="attribute every image of a dataset; write resumable shards and a manifest",
         description="Attribute every image of a dataset (a .pt/.npy file or an image folder) and write the maps "
@@ -52,7 +53,7 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     model = load_model(args.model, args.weights, args.image_size)
     side, channels = image_preparation(model, args.image_size)
     data = PreparedImages(args.data, side, channels) if side or channels else args.data

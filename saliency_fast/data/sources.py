@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import List, Optional, Tuple, Union
+from typing import Any, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -27,7 +27,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 FINGERPRINT_SAMPLES = 64  # items hashed from a folder or a Dataset (a full hash would read everything)
 
 
-def _to_float_image(value) -> Tensor:
+def _to_float_image(value: Any) -> Tensor:
     """One item → a (C, H, W) floating tensor; uint8 is scaled to [0, 1]; PIL images are decoded."""
     if isinstance(value, (tuple, list)):  # (image, label, ...) items
         if not value:
@@ -59,7 +59,7 @@ def _to_float_image(value) -> Tensor:
     return value
 
 
-def _is_pil_image(value) -> bool:
+def _is_pil_image(value: Any) -> bool:
     try:
         from PIL import Image
     except ImportError:  # pragma: no cover - Pillow is a dependency of the folder source only
@@ -67,7 +67,7 @@ def _is_pil_image(value) -> bool:
     return isinstance(value, Image.Image)
 
 
-def _pil_to_tensor(image) -> Tensor:
+def _pil_to_tensor(image: Any) -> Tensor:  # a PIL.Image.Image
     """Grayscale modes → 1 channel, everything else → RGB; values scaled to [0, 1]."""
     if image.mode.startswith("I;16"):
         array = np.asarray(image, dtype=np.float32) / 65535.0
@@ -81,7 +81,7 @@ def _pil_to_tensor(image) -> Tensor:
 class ArraySource:
     """A torch tensor or a (possibly memory-mapped) NumPy array of shape (N, C, H, W) or (N, H, W)."""
 
-    def __init__(self, array, description: str):
+    def __init__(self, array: Union[Tensor, np.ndarray], description: str) -> None:
         if array.ndim not in (3, 4):
             raise ValueError(f"data must have shape (N, C, H, W) or (N, H, W), got {tuple(array.shape)}")
         self.array, self.description = array, description
@@ -138,7 +138,7 @@ class FolderSource:
 class DatasetSource:
     """Any map-style dataset (``__len__`` and ``__getitem__``); items may be (image, label, ...)."""
 
-    def __init__(self, dataset):
+    def __init__(self, dataset: Any) -> None:
         self.dataset = dataset
         self.description = f"dataset {type(dataset).__qualname__}"
 
@@ -167,7 +167,7 @@ def _sample_indices(count: int) -> List[int]:
 Source = Union[ArraySource, FolderSource, DatasetSource]
 
 
-def open_source(data) -> Source:
+def open_source(data: Any) -> Source:
     """The source that reads ``data`` (see the module docstring); a clear error for anything else."""
     if isinstance(data, Tensor):
         return ArraySource(data.detach().cpu(), "tensor")
@@ -190,7 +190,7 @@ def open_source(data) -> Source:
     raise TypeError(f"data must be a tensor, a .pt/.npy path, an image folder or a torch Dataset, got {type(data).__name__}")
 
 
-def _images_from_pt(content, path: Path) -> Tensor:
+def _images_from_pt(content: Any, path: Path) -> Tensor:
     if isinstance(content, (tuple, list)) and content and isinstance(content[0], Tensor):
         return content[0]  # (images, labels)
     if isinstance(content, dict):
@@ -249,7 +249,7 @@ class PreparedImages:
     """A map-style dataset over any ``data`` that ``attribute_dataset`` reads, each image passed
     through :func:`prepare_image` (the CLI's ``--image-size`` and grayscale-to-RGB)."""
 
-    def __init__(self, data, image_size: Optional[int] = None, channels: Optional[int] = None):
+    def __init__(self, data: Any, image_size: Optional[int] = None, channels: Optional[int] = None) -> None:
         self.source = open_source(data)
         self.image_size, self.channels = image_size, channels
 
