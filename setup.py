@@ -13,6 +13,7 @@ import glob
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -25,7 +26,17 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(ROOT, "_build"))
 import build_plan  # noqa: E402
 
-VERSION = "0.1.0"
+
+def read_version() -> str:
+    """``__version__`` from saliency_fast/_version.py, parsed (importing the package needs torch)."""
+    with open(os.path.join(ROOT, "saliency_fast", "_version.py")) as handle:
+        found = re.search(r'^__version__ = "([^"]+)"$', handle.read(), re.MULTILINE)
+    if found is None:
+        raise RuntimeError("saliency_fast/_version.py must define __version__ = \"X.Y.Z\"")
+    return found.group(1)
+
+
+VERSION = read_version()
 RECORD_NAME = "_native_build.json"  # read by saliency_fast/_native.py
 TORCH_REQUIREMENT = "torch>=2.4"
 RUNTIME_REQUIREMENTS = ["numpy", "tqdm", "matplotlib", "pillow"]

@@ -5,13 +5,14 @@ metrics of the papers, and explanation-improving training (SCAAT, RES) — see R
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from ._native import build_info, native_available
 from .allocator import tune_cpu_allocator
 from . import data, metrics, models, ops, references, train, viz
 from ._common import BoundModel
-from .dataset import attribute_dataset, load_attributions, make_method
+from .attribution_store import load_attributions
+from .dataset import attribute_dataset
+from .methods.registry import make_method
 from .methods import *  # noqa: F401,F403
 from .methods import __all__ as _methods_all
 from . import interop  # after the methods: its adapters subclass them

@@ -40,7 +40,7 @@ def user_errors() -> tuple:
     """Exception classes that mean "the input or the environment is wrong", not "saliency_fast is
     broken": printed in one line (with --debug, raised)."""
     from .methods.samp import StepLimitExceeded
-    from .train.checkpoint import FolderInUseError
+    from ._lock import FolderInUseError
     from .train.fit import TrainingDiverged
 
     out_of_memory = getattr(__import__("torch"), "OutOfMemoryError", MemoryError)
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.version:
-        from . import __version__
+        from ._version import __version__
         from ._native import format_build_info
 
         print(f"saliency_fast {__version__}\n{format_build_info()}")

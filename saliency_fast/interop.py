@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._common import Selector, Target, model_device
-from .methods._base import AttributionMethod, Baselines
+from .methods import AttributionMethod, Baselines
 
 __all__ = ["quantus_explain", "from_captum", "CaptumMethod"]
 
@@ -50,7 +50,7 @@ def quantus_explain(
     rest comes from the metric's ``explain_func_kwargs``. Returns float32 NumPy maps
     (B, 1, H, W) (``reduce_channels=False``: (B, C, H, W)); Quantus checks the shape.
     """
-    from .dataset import make_method
+    from .methods.registry import make_method
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch nn.Module (Quantus passes the raw model), got {type(model).__name__}")

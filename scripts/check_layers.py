@@ -50,7 +50,8 @@ LAYERS: Dict[str, Layer] = {
     "saliency_fast._distributed": Layer(0, "base"),
     "saliency_fast._io": Layer(0, "base"),  # planned: atomic file writes (checkpoints, shards)
     "saliency_fast._version": Layer(0, "base"),  # planned: __version__, read by setup.py too
-    "saliency_fast._jsonable": Layer(0, "base"),  # JSON-ready records (run configs, manifests)
+    "saliency_fast._jsonable": Layer(0, "base"),
+    "saliency_fast._lock": Layer(0, "base"),  # output-folder locks (checkpoints, shards)  # JSON-ready records (run configs, manifests)
     # 1 the op layer: one contract (ops), the compiled ops and their pure-PyTorch twins behind it
     "saliency_fast._C": Layer(1, "ops", internal=True),
     "saliency_fast._reference": Layer(1, "ops", internal=True),
@@ -67,6 +68,7 @@ LAYERS: Dict[str, Layer] = {
     "saliency_fast.viz": Layer(3, "viz"),
     # 4 workflows over the library: dataset attribution (runner and shard store), training, adapters
     "saliency_fast.dataset": Layer(4, "dataset"),
+    "saliency_fast.attribution_store": Layer(4, "dataset"),
     "saliency_fast.train": Layer(4, "train"),
     "saliency_fast.interop": Layer(4, "interop"),
     # 5-7 the command line: shared CLI helpers, one module per subcommand, the entry points
@@ -87,23 +89,10 @@ class Import(NamedTuple):
 
 # (importer, imported, why it is there). Emptied by the issue-19 refactor.
 KNOWN_VIOLATIONS: List[Tuple[str, str, str]] = [
-    ("saliency_fast.dataset", "saliency_fast", "dataset writes __version__ into manifests; it moves to _version"),
-    ("saliency_fast.dataset", "saliency_fast.train.checkpoint",
-     "atomic_write_bytes, FolderLock and the checksum helpers live in train/checkpoint.py; they move to _io"),
-    ("saliency_fast.interop", "saliency_fast.dataset",
-     "quantus_explain builds methods by name with make_method; the registry moves beside the methods"),
-    ("saliency_fast.interop", "saliency_fast.methods._base",
-     "AttributionMethod and Baselines from the private base module; import them from saliency_fast.methods"),
     ("saliency_fast.methods.samp", "saliency_fast._reference",
      "ATOL, RTOL and pixels_active from the fallback module; ops exports the tolerances and mode names"),
     ("saliency_fast.train.scaat", "saliency_fast._reference",
      "BUDGET_MODES from the fallback module; ops exports the mode names"),
-    ("saliency_fast.commands.evaluate", "saliency_fast.commands.attribute",
-     "load_model and the model/image-size help from a sibling command; CLI helpers move to commands/_args"),
-    ("saliency_fast.commands.evaluate", "saliency_fast.commands.explain",
-     "the shared data arguments from a sibling command; CLI helpers move to commands/_args"),
-    ("saliency_fast.commands.explain", "saliency_fast.commands.attribute",
-     "load_model and the model/image-size help from a sibling command; CLI helpers move to commands/_args"),
 ]
 
 

@@ -13,22 +13,15 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Any, Iterable
 
-from torch import nn
-
-from ..dataset import METHOD_NAMES, STORAGE_DTYPES, PreparedImages, attribute_dataset
-from ..models import Normalized
-from ..models import load_model as _load_model
-from ._args import parse_device
-
-MODEL_HELP = ("'digits' (the bundled digits CNN), 'mnist' (the bundled MNIST CNN), 'torchvision:NAME' or 'timm:NAME' (random weights unless "
-              "--weights; optional packages), or 'module:factory' (factory() returns an nn.Module)")
-IMAGE_SIZE_HELP = ("resize each image's shorter side to N and crop the centre N×N (and build the models with a "
-                   "fixed input size, e.g. ViT, for N); default: the torchvision/timm model's own size, else as they are")
+from ..attribution_store import STORAGE_DTYPES
+from ..data.sources import PreparedImages
+from ..dataset import attribute_dataset
+from ..methods.registry import METHOD_NAMES
+from ._args import IMAGE_SIZE_HELP, MODEL_HELP, image_preparation, load_model, parse_device, parse_options
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -59,36 +52,6 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.add_argument("--no-resume", action="store_true", help="delete earlier results in --out and start over")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
-
-
-def parse_options(pairs: Iterable[str]) -> dict[str, Any]:
-    options: dict[str, Any] = {}
-    for pair in pairs:
-        key, separator, value = pair.partition("=")
-        if not separator or not key:
-            raise ValueError(f"--option must be KEY=VALUE, got {pair!r}")
-        try:
-            options[key] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key] = value  # a plain string such as a layer name
-    return options
-
-
-def load_model(spec: str, weights: str | None, image_size: int | None = None) -> nn.Module:
-    """``--model`` / ``--weights`` / ``--image-size``: see ``saliency_fast.models.load_model``. A missing
-    optional package is reported as a bad ``--model`` (the CLI prints it as one line)."""
-    try:
-        return _load_model(spec, weights, image_size)
-    except ImportError as error:
-        raise ValueError(str(error)) from error
-
-
-def image_preparation(model: nn.Module, image_size: int | None) -> tuple[int | None, int | None]:
-    """(side, channels) the images are brought to: ``--image-size`` or the wrapped model's own size,
-    and the channels of a :class:`Normalized` model (grayscale is repeated)."""
-    if isinstance(model, Normalized):
-        return image_size or model.input_size, model.channels
-    return image_size, None
 
 
 def run(args: argparse.Namespace) -> int:

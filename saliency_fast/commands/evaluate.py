@@ -17,12 +17,11 @@ import torch
 from tqdm import tqdm
 
 from .. import metrics
-from ..dataset import METHOD_NAMES, make_method
 from ..methods import SAMP, IntegratedGradients
 from ..methods.gradcam import UnsupportedArchitecture
-from ._args import check_model_accepts, parse_device
-from .attribute import IMAGE_SIZE_HELP, MODEL_HELP, image_preparation, load_model, parse_options
-from .explain import load_images
+from ..methods.registry import METHOD_NAMES, make_method
+from ._args import (IMAGE_SIZE_HELP, MODEL_HELP, check_model_accepts, image_preparation, load_images, load_model,
+                    parse_device, parse_options)
 
 # every registered method, the baselines first and SAMP/SAMP++ last (the paper's table order)
 DEFAULT_METHODS = tuple(n for n in METHOD_NAMES if not n.startswith("samp")) + tuple(

@@ -6,10 +6,10 @@ import time
 
 import torch
 
-from ..dataset import METHOD_NAMES, _open_source, make_method, prepare_image
+from ..methods.registry import METHOD_NAMES, make_method
 from ..viz import heatmap_grid, is_signed
-from ._args import check_model_accepts, parse_device
-from .attribute import IMAGE_SIZE_HELP, MODEL_HELP, image_preparation, load_model, parse_options
+from ._args import (IMAGE_SIZE_HELP, MODEL_HELP, check_model_accepts, image_preparation, load_images, load_model,
+                    parse_device, parse_options)
 
 
 def add_parser(subparsers) -> None:
@@ -26,24 +26,6 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--out", default="out/explain", help="output folder (default out/explain)")
     parser.set_defaults(func=run)
-
-
-def load_images(path: str | None, model_spec: str, count: int, image_size: int | None = None,
-                channels: int | None = None) -> torch.Tensor:
-    if count < 1:
-        raise ValueError(f"--count must be >= 1, got {count}")
-    if path is None:
-        if model_spec not in ("digits", "mnist") and not model_spec.startswith(("torchvision:", "timm:")):
-            raise ValueError("--images is required with a user model")
-        from ..data import load_digits, load_mnist
-
-        images = list((load_mnist if model_spec == "mnist" else load_digits)("test")[0][:count])
-    else:
-        source = _open_source(path)
-        if len(source) == 0:
-            raise ValueError(f"--images {path} holds no images")
-        images = [source.load(i) for i in range(min(count, len(source)))]
-    return torch.stack([prepare_image(image, image_size, channels) for image in images]).float()
 
 
 def run(args) -> int:
