@@ -61,12 +61,12 @@ from .attribution_store import (FORMAT_VERSION, MANIFEST_NAME, SHARD_PATTERN, ST
                                 AttributionSet, load_attributions)
 from .data.sources import IMAGE_SUFFIXES, PreparedImages, first_image, load_checked, open_source, prepare_image  # noqa: F401
 from .methods import AttributionMethod
-from .methods.registry import METHOD_NAMES, build_method, make_method, method_parameters, resolve_cam_options
+from .methods.registry import METHOD_NAMES, build_method, make_method, method_parameters, resolved_options
 
 # The names importable from here before the registry, the sources and the store had modules of their
 # own (make_method, prepare_image, load_attributions, ...) stay importable from here.
 __all__ = ["attribute_dataset", "load_attributions", "make_method", "method_parameters", "AttributionSet",
-           "PreparedImages", "prepare_image", "resolve_cam_options",
+           "PreparedImages", "prepare_image", "resolved_options",
            "METHOD_NAMES", "MANIFEST_NAME", "CorruptFileError", "FolderInUseError"]
 
 # torch >= 2.5 names it torch.OutOfMemoryError; before, only the CUDA alias existed.
@@ -353,7 +353,7 @@ def _attribute(model, source, method, method_name, output, options, parameters, 
     shape = tuple(example.shape)
     check_model_accepts(model, shape, f"the data ({source.description})", device)
     if isinstance(method, str):  # what the method would learn at its first call (a CAM layer), recorded
-        options = resolve_cam_options(method_name, model, options, example)
+        options = resolved_options(method_name, model, options, example)
         parameters = method_parameters(method_name, model, **options)
     amp_dtype = _amp_dtype(device) if amp else None
     identity = {

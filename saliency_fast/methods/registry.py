@@ -2,8 +2,8 @@
 ``method=`` accept, each method's full parameter record (what a manifest stores), and building a
 method from a name and options.
 
-A method that learns its layer at the first call (``"layer"`` in its ``learned_attributes``: the
-CAM methods) gets that layer settled here, before the run, so the record names the layer used.
+What a method decides at its first call (a CAM method's layer) is settled before a run by the
+method's own ``resolved_options`` hook, so the record names the layer used.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from .._io import json_record
 from ._base import AttributionMethod
 from .blur_ig import BlurIG
 from .deeplift import DeepLift
-from .gradcam import CAM, GradCAM, GradCAMPlusPlus, layer_name, resolve_layer, vit_reshape_transform
+from .gradcam import CAM, GradCAM, GradCAMPlusPlus, resolve_layer
 from .gradients import InputXGradient, IntegratedGradients, Saliency, SmoothGrad
 from .guided_ig import GuidedIG
 from .lime import LIME
@@ -25,7 +25,7 @@ from .rise import RISE
 from .samp import SAMP
 from .xrai import XRAI
 
-__all__ = ["METHOD_NAMES", "make_method", "build_method", "method_parameters", "resolve_cam_options"]
+__all__ = ["METHOD_NAMES", "make_method", "build_method", "method_parameters", "resolved_options"]
 
 # name → (class, defaults layered under the user's options)
 _METHODS: Dict[str, Tuple[type, Dict[str, Any]]] = {
@@ -55,33 +55,14 @@ def _method_entry(name: str) -> Tuple[type, Dict[str, Any]]:
     return _METHODS[name.lower()]
 
 
-def _learns_layer(cls: type) -> bool:
-    """A method at one layer of the model, found at its first call when not given (the CAM methods)."""
-    return "layer" in getattr(cls, "learned_attributes", ())
-
-
-def _given_layer(model: nn.Module, options: Dict[str, Any]):
-    """The ``layer`` option, else the layer the model declares (``GRADCAM_LAYER``), else None."""
-    declared = getattr(model, "GRADCAM_LAYER", None)
-    return options.get("layer", declared if isinstance(declared, str) else None)
-
-
-def resolve_cam_options(name: str, model: nn.Module, options: Dict[str, Any], example: Tensor) -> Dict[str, Any]:
-    """For a method that learns its layer (the CAM methods) given no ``layer`` option on a model
-    that declares none: the layer (and reshape transform) that ``find_cam_layer`` picks on one
-    ``example`` image, filled into the options and logged, so the manifest records the choice.
-    Other methods' options, and options that already settle the layer, are returned as they are."""
+def resolved_options(name: str, model: nn.Module, options: Dict[str, Any],
+                     example: Optional[Tensor] = None) -> Dict[str, Any]:
+    """``options`` with what method ``name``'s first call on ``model`` would decide filled in
+    (``example``: one (C, H, W) image to decide it on), by the method's own
+    :meth:`~AttributionMethod.resolved_options`: a CAM method's layer (given, declared by the
+    model as ``GRADCAM_LAYER``, or found and logged) by its full dotted name."""
     cls, _ = _method_entry(name)
-    if not _learns_layer(cls) or _given_layer(model, options) is not None:
-        return options
-    probe = cls(model, **{**options, "upsample": False})
-    device = next((t.device for t in list(model.parameters()) + list(model.buffers())), example.device)
-    probe.attribute(example[None].to(device))  # finds (and logs) the layer as the method itself would
-    resolved = {**options, "layer": layer_name(model, resolve_layer(model, probe.layer))}
-    if probe.reshape_transform is not None and options.get("reshape_transform") is None:
-        found = probe.reshape_transform
-        resolved["reshape_transform"] = "vit" if found == vit_reshape_transform else found
-    return resolved
+    return cls.resolved_options(model, options, example)
 
 
 def method_parameters(name: str, model: Optional[nn.Module] = None, **options) -> Dict[str, Any]:
@@ -94,9 +75,8 @@ def method_parameters(name: str, model: Optional[nn.Module] = None, **options) -
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise ValueError(f"method {name!r} has no option(s) {', '.join(unknown)}; it accepts: {', '.join(accepted)}")
-    if _learns_layer(cls) and model is not None:  # the layer by its full dotted name
-        layer = _given_layer(model, options)
-        options["layer"] = None if layer is None else layer_name(model, resolve_layer(model, layer))
+    if model is not None:  # e.g. a CAM layer by its full dotted name
+        options = cls.resolved_options(model, options)
     transform = options.get("reshape_transform")
     if callable(transform) and hasattr(transform, "__qualname__"):  # a function: its name, not its address
         options["reshape_transform"] = f"{transform.__module__}.{transform.__qualname__}"
@@ -125,6 +105,6 @@ def build_method(name: str, model: nn.Module, options: Dict[str, Any],
     cls, defaults = _method_entry(name)
     options = {**defaults, **options}
     method_parameters(name, layers_of, **options)  # validates option names
-    if _learns_layer(cls) and options.get("layer") is not None:
-        options["layer"] = resolve_layer(layers_of, options["layer"])
+    if "layer" in getattr(cls, "learned_attributes", ()) and options.get("layer") is not None:
+        options["layer"] = resolve_layer(layers_of, options["layer"])  # a name → the module itself
     return cls(model, **options)
