@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import ops
-from .._reference import BUDGET_MODES
+from ..ops import BUDGET_MODES
 from .methods import (MethodOutput, TrainingMethod, check_choice, check_nonnegative, evaluating,
                       input_saliency, kl_to, unwrap)
 
