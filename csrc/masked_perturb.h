@@ -55,14 +55,9 @@ inline void check_masked_perturb(const at::Tensor& x, const at::Tensor& delta,
   check_tensor(delta, "delta", x, "x", x.scalar_type());
   check_tensor(grad, "grad", x, "x", x.scalar_type());
   check_tensor(budget, "budget", x, "x", x.scalar_type());
-  TORCH_CHECK(delta.sizes() == x.sizes(), "delta must have the shape of x ", x.sizes(), ", got ",
-              delta.sizes());
-  TORCH_CHECK(grad.sizes() == x.sizes(), "grad must have the shape of x ", x.sizes(), ", got ",
-              grad.sizes());
-  TORCH_CHECK(budget.dim() == 3 && budget.size(0) == x.size(0) && budget.size(1) == x.size(2) &&
-                  budget.size(2) == x.size(3),
-              "budget must have shape (B, H, W) = (", x.size(0), ", ", x.size(2), ", ", x.size(3),
-              "), got ", budget.sizes());
+  check_same_shape(delta, "delta", x, "x");
+  check_same_shape(grad, "grad", x, "x");
+  check_pixel_map(budget, "budget", x);
   TORCH_CHECK(step_size >= 0, "step_size must be >= 0, got ", step_size);
   TORCH_CHECK(epsilon >= 0, "epsilon must be >= 0, got ", epsilon);
   TORCH_CHECK(low <= high, "low must be <= high, got low = ", low, ", high = ", high);
@@ -76,12 +71,8 @@ inline void check_masked_random_fill(const at::Tensor& x, const at::Tensor& mask
   check_tensor(mask, "mask", x, "x", at::kBool);
   check_tensor(noise, "noise", x, "x", x.scalar_type());
   TORCH_CHECK(x.numel() > 0 || x.size(0) == 0, "x must not have empty images");
-  TORCH_CHECK(mask.dim() == 3 && mask.size(0) == x.size(0) && mask.size(1) == x.size(2) &&
-                  mask.size(2) == x.size(3),
-              "mask must have shape (B, H, W) = (", x.size(0), ", ", x.size(2), ", ", x.size(3),
-              "), got ", mask.sizes());
-  TORCH_CHECK(noise.sizes() == x.sizes(), "noise must have the shape of x ", x.sizes(), ", got ",
-              noise.sizes());
+  check_pixel_map(mask, "mask", x);
+  check_same_shape(noise, "noise", x, "x");
 }
 
 }  // namespace saliency_fast

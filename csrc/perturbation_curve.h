@@ -35,12 +35,8 @@ inline void check_perturbation_curve(const at::Tensor& start, const at::Tensor& 
   check_tensor(finish, "finish", start, "start", start.scalar_type());
   check_tensor(ranks, "ranks", start, "start", at::kLong);
   check_tensor(counts, "counts", start, "start", at::kLong);
-  TORCH_CHECK(finish.sizes() == start.sizes(), "finish must have the start's shape ",
-              start.sizes(), ", got ", finish.sizes());
-  TORCH_CHECK(ranks.dim() == 3 && ranks.size(0) == start.size(0) &&
-                  ranks.size(1) == start.size(2) && ranks.size(2) == start.size(3),
-              "ranks must have shape (B, H, W) = (", start.size(0), ", ", start.size(2), ", ",
-              start.size(3), "), got ", ranks.sizes());
+  check_same_shape(finish, "finish", start, "start");
+  check_pixel_map(ranks, "ranks", start);
   TORCH_CHECK(counts.dim() == 1, "counts must be a 1-D tensor of step sizes, got shape ",
               counts.sizes());
 }

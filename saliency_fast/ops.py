@@ -63,7 +63,6 @@ def _refuse_grad(op: str, names: tuple[str, ...], args: tuple) -> None:
 
 # --- SAMP (samp.md) ----------------------------------------------------------------------------
 
-
 def check_samp_scalars(k: int, exact_ties: bool, tie_tolerance: float) -> None:
     """The scalars of samp_step: k >= 1 pixels per step; tie_tolerance finite >= 0, and 0 with exact ties."""
     if type(k) is not int or k < 1:  # the common case, a plain int, costs one test per step
