@@ -203,7 +203,7 @@ def count_launches(function: Callable[[], object], device: torch.device) -> int:
 
 
 def step_state(toy: bool, device: torch.device):
-    from saliency_fast import _reference
+    from saliency_fast import ops
 
     generator = torch.Generator().manual_seed(0)
     shape = (2, 3, TOY_SIDE, TOY_SIDE) if toy else (32, 3, 224, 224)
@@ -211,7 +211,7 @@ def step_state(toy: bool, device: torch.device):
     end = torch.zeros_like(point)
     grad = torch.randn(shape, generator=generator).to(device)
     bound = (point - end).abs().flatten(1).sum(1) / 50
-    active = _reference.pixels_active(point, end)
+    active = ops.pixels_active(point, end)
     return dict(point=point, end=end, grad=grad, grad_avg=torch.randn_like(point),
                 attribution=torch.zeros(shape[0], *shape[2:], device=device), active=active,
                 count=active.flatten(1).sum(1), steps=torch.zeros(shape[0], dtype=torch.long, device=device),

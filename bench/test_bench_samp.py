@@ -50,7 +50,7 @@ def step_state():
 
 def fresh(step_state):
     point, end, grad, bound = step_state
-    active = _reference.pixels_active(point, end)
+    active = ops.pixels_active(point, end)
     return dict(point=point.clone(), end=end, grad=grad, grad_avg=torch.randn_like(point),
                 attribution=torch.zeros(point.shape[0], *point.shape[2:]), active=active,
                 count=active.flatten(1).sum(1), steps=torch.zeros(point.shape[0], dtype=torch.long),

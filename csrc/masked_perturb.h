@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include <ATen/ATen.h>
+#include "check.h"
 #include "macros.h"
 
 namespace saliency_fast {
@@ -45,32 +46,18 @@ SF_HOST_DEVICE T random_fill(T x, bool masked, T noise, T low, T high) {
 
 }  // namespace perturb
 
-inline void check_like_x(const at::Tensor& t, const char* name, const at::Tensor& x,
-                         at::ScalarType dtype) {
-  TORCH_CHECK(t.device() == x.device(), name, " is on ", t.device(), " but x is on ", x.device());
-  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
-  TORCH_CHECK(t.scalar_type() == dtype, name, " must have dtype ", dtype, ", got ",
-              t.scalar_type());
-}
-
 inline void check_masked_perturb(const at::Tensor& x, const at::Tensor& delta,
                                  const at::Tensor& grad, const at::Tensor& budget, double step_size,
                                  double epsilon, double low, double high) {
-  TORCH_CHECK(x.dim() == 4, "x must have shape (B, C, H, W), got ", x.sizes());
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
-              "x must be float32 or float64, got ", x.scalar_type());
-  check_like_x(x, "x", x, x.scalar_type());
-  check_like_x(delta, "delta", x, x.scalar_type());
-  check_like_x(grad, "grad", x, x.scalar_type());
-  check_like_x(budget, "budget", x, x.scalar_type());
-  TORCH_CHECK(delta.sizes() == x.sizes(), "delta must have the shape of x ", x.sizes(), ", got ",
-              delta.sizes());
-  TORCH_CHECK(grad.sizes() == x.sizes(), "grad must have the shape of x ", x.sizes(), ", got ",
-              grad.sizes());
-  TORCH_CHECK(budget.dim() == 3 && budget.size(0) == x.size(0) && budget.size(1) == x.size(2) &&
-                  budget.size(2) == x.size(3),
-              "budget must have shape (B, H, W) = (", x.size(0), ", ", x.size(2), ", ", x.size(3),
-              "), got ", budget.sizes());
+  check_images(x, "x");
+  check_float_or_double(x, "x");
+  check_tensor(x, "x", x, "x", x.scalar_type());
+  check_tensor(delta, "delta", x, "x", x.scalar_type());
+  check_tensor(grad, "grad", x, "x", x.scalar_type());
+  check_tensor(budget, "budget", x, "x", x.scalar_type());
+  check_same_shape(delta, "delta", x, "x");
+  check_same_shape(grad, "grad", x, "x");
+  check_pixel_map(budget, "budget", x);
   TORCH_CHECK(step_size >= 0, "step_size must be >= 0, got ", step_size);
   TORCH_CHECK(epsilon >= 0, "epsilon must be >= 0, got ", epsilon);
   TORCH_CHECK(low <= high, "low must be <= high, got low = ", low, ", high = ", high);
@@ -78,19 +65,14 @@ inline void check_masked_perturb(const at::Tensor& x, const at::Tensor& delta,
 
 inline void check_masked_random_fill(const at::Tensor& x, const at::Tensor& mask,
                                      const at::Tensor& noise) {
-  TORCH_CHECK(x.dim() == 4, "x must have shape (B, C, H, W), got ", x.sizes());
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
-              "x must be float32 or float64, got ", x.scalar_type());
-  check_like_x(x, "x", x, x.scalar_type());
-  check_like_x(mask, "mask", x, at::kBool);
-  check_like_x(noise, "noise", x, x.scalar_type());
+  check_images(x, "x");
+  check_float_or_double(x, "x");
+  check_tensor(x, "x", x, "x", x.scalar_type());
+  check_tensor(mask, "mask", x, "x", at::kBool);
+  check_tensor(noise, "noise", x, "x", x.scalar_type());
   TORCH_CHECK(x.numel() > 0 || x.size(0) == 0, "x must not have empty images");
-  TORCH_CHECK(mask.dim() == 3 && mask.size(0) == x.size(0) && mask.size(1) == x.size(2) &&
-                  mask.size(2) == x.size(3),
-              "mask must have shape (B, H, W) = (", x.size(0), ", ", x.size(2), ", ", x.size(3),
-              "), got ", mask.sizes());
-  TORCH_CHECK(noise.sizes() == x.sizes(), "noise must have the shape of x ", x.sizes(), ", got ",
-              noise.sizes());
+  check_pixel_map(mask, "mask", x);
+  check_same_shape(noise, "noise", x, "x");
 }
 
 }  // namespace saliency_fast

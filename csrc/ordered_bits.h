@@ -1,13 +1,24 @@
 #pragma once
-// Order-preserving unsigned bit patterns: a < b as floats ⇔ to_ordered(a) < to_ordered(b) as
-// integers (sign flip for positives, bit flip for negatives), for keys without NaN and −0.
-// Selections then work on integers: a radix digit is a bucket, an exact key is a bit pattern.
-// Shared by the CPU and CUDA selections (samp_step, saliency_budget).
+// The ordering of every selection (samp_step, saliency_budget; CPU and CUDA): the key rule
+// order_key, and order-preserving unsigned bit patterns of the keys: a < b as floats ⇔
+// to_ordered(a) < to_ordered(b) as integers (sign flip for positives, bit flip for negatives),
+// for keys without NaN and −0, which order_key removes. Selections then work on integers: a
+// radix digit is a bucket, an exact key is a bit pattern.
 #include <cstring>
+#include <limits>
 
 #include "macros.h"
 
 namespace saliency_fast {
+
+// The key rule, the one place it is written: NaN would break the strict weak order that a
+// selection relies on, so it ranks last (+inf); −0 becomes +0 (x + 0 is x, except −0 + 0 = +0)
+// so that bit-pattern order and `==` agree on ties. _reference._order_key is its PyTorch twin.
+template <typename T>
+SF_HOST_DEVICE T order_key(T v) {
+  const T key = v + T(0);
+  return key != key ? std::numeric_limits<T>::infinity() : key;
+}
 
 template <typename T>
 struct OrderedBits;

@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include <ATen/ATen.h>
+#include "check.h"
 #include "macros.h"
 
 namespace saliency_fast {
@@ -24,31 +25,18 @@ SF_HOST_DEVICE T curve_value(T start, T finish, int64_t rank, int64_t count) {
 
 }  // namespace curve
 
-inline void check_curve_tensor(const at::Tensor& t, const char* name, const at::Tensor& start,
-                               at::ScalarType dtype) {
-  TORCH_CHECK(t.device() == start.device(), name, " is on ", t.device(), " but start is on ",
-              start.device());
-  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
-  TORCH_CHECK(t.scalar_type() == dtype, name, " must have dtype ", dtype, ", got ",
-              t.scalar_type());
-}
-
 // Validates the perturbation_curve arguments; identical for every backend.
 inline void check_perturbation_curve(const at::Tensor& start, const at::Tensor& finish,
                                      const at::Tensor& ranks, const at::Tensor& counts) {
-  TORCH_CHECK(start.dim() == 4, "start must have shape (B, C, H, W), got ", start.sizes());
+  check_images(start, "start");
   TORCH_CHECK(at::isFloatingType(start.scalar_type()),
               "start must be a floating tensor, got ", start.scalar_type());
-  check_curve_tensor(start, "start", start, start.scalar_type());
-  check_curve_tensor(finish, "finish", start, start.scalar_type());
-  check_curve_tensor(ranks, "ranks", start, at::kLong);
-  check_curve_tensor(counts, "counts", start, at::kLong);
-  TORCH_CHECK(finish.sizes() == start.sizes(), "finish must have the start's shape ",
-              start.sizes(), ", got ", finish.sizes());
-  TORCH_CHECK(ranks.dim() == 3 && ranks.size(0) == start.size(0) &&
-                  ranks.size(1) == start.size(2) && ranks.size(2) == start.size(3),
-              "ranks must have shape (B, H, W) = (", start.size(0), ", ", start.size(2), ", ",
-              start.size(3), "), got ", ranks.sizes());
+  check_tensor(start, "start", start, "start", start.scalar_type());
+  check_tensor(finish, "finish", start, "start", start.scalar_type());
+  check_tensor(ranks, "ranks", start, "start", at::kLong);
+  check_tensor(counts, "counts", start, "start", at::kLong);
+  check_same_shape(finish, "finish", start, "start");
+  check_pixel_map(ranks, "ranks", start);
   TORCH_CHECK(counts.dim() == 1, "counts must be a 1-D tensor of step sizes, got shape ",
               counts.sizes());
 }

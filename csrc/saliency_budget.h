@@ -9,26 +9,21 @@
 //   mass    : e = ε where s <= v*, v* the largest value with Σ_{s_j <= v*} s_j <= ρ·Σ_j s_j
 //   inverse : e = ε·(1 − r)^γ, r = #{j : s_j < s_i} / (H·W − 1)  (ties share the lower rank)
 // Every region is defined by a value threshold, so ties are all in or all out and the result
-// does not depend on the order pixels are visited in.
+// does not depend on the order pixels are visited in. Pixels are ordered by order_key
+// (ordered_bits.h): NaN ranks last, −0 equals +0.
 #include <cmath>
 #include <cstdint>
 #include <limits>
 
 #include <ATen/ATen.h>
+#include "check.h"
 #include "macros.h"
+#include "ordered_bits.h"
 
 namespace saliency_fast {
 namespace budget {
 
 enum class Mode : int { kUniform = 0, kTopk = 1, kMass = 2, kInverse = 3 };
-
-// NaN would break the strict weak order that selection relies on; it ranks last instead.
-// −0 becomes +0 so that bit-pattern ordering (the CUDA radix search) agrees with `<`.
-template <typename T>
-SF_HOST_DEVICE T order_key(T s) {
-  if (s != s) return std::numeric_limits<T>::infinity();
-  return s == T(0) ? T(0) : s;
-}
 
 // The budget of a pixel in a thresholded mode ("topk", "mass"): ε inside the region, else 0.
 template <typename T>
@@ -72,9 +67,8 @@ inline budget::Mode parse_budget_mode(c10::string_view mode) {
 inline void check_saliency_budget(const at::Tensor& saliency, double epsilon, double rho, double k,
                                   double gamma) {
   TORCH_CHECK(saliency.dim() == 3, "saliency must have shape (B, H, W), got ", saliency.sizes());
-  TORCH_CHECK(saliency.scalar_type() == at::kFloat || saliency.scalar_type() == at::kDouble,
-              "saliency must be float32 or float64, got ", saliency.scalar_type());
-  TORCH_CHECK(saliency.is_contiguous(), "saliency must be contiguous");
+  check_float_or_double(saliency, "saliency");
+  check_tensor(saliency, "saliency", saliency, "saliency", saliency.scalar_type());
   TORCH_CHECK(epsilon >= 0, "epsilon must be >= 0, got ", epsilon);
   TORCH_CHECK(rho >= 0 && rho <= 1, "rho must be in [0, 1], got ", rho);
   TORCH_CHECK(k >= 0 && k <= 1, "k must be in [0, 1], got ", k);

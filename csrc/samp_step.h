@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "macros.h"
+#include "ordered_bits.h"
 
 namespace saliency_fast {
 namespace samp {
@@ -17,12 +18,11 @@ SF_HOST_DEVICE T momentum_update(T grad, T grad_avg, T momentum) {
   return momentum == T(1) ? grad : momentum * grad + (T(1) - momentum) * grad_avg;
 }
 
-// Pixels are chosen by the smallest key: proj for deletion, −proj for insertion. NaN never
-// wins (it sorts last) and −0 becomes +0 so that radix ordering agrees with `==` on ties.
+// Pixels are chosen by the smallest key (order_key: NaN never wins, −0 ties with +0): proj for
+// deletion, −proj for insertion.
 template <typename T>
 SF_HOST_DEVICE T selection_key(T proj, bool insertion) {
-  const T key = (insertion ? -proj : proj) + T(0);  // x + 0 is x, except −0 + 0 = +0
-  return key != key ? std::numeric_limits<T>::infinity() : key;
+  return order_key(insertion ? -proj : proj);
 }
 
 // |end − point|: one channel's share of a full move's L1 size.

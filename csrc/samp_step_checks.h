@@ -11,42 +11,37 @@ inline void check_samp_step(const at::Tensor& point, const at::Tensor& end, cons
                             const at::Tensor& active, const at::Tensor& active_count, const at::Tensor& step_count,
                             const at::Tensor& rows, const at::Tensor& bound, int64_t k,
                             bool exact_ties, double tie_tolerance) {
-  TORCH_CHECK(point.dim() == 4, "point must have shape (B, C, H, W), got ", point.sizes());
-  TORCH_CHECK(point.scalar_type() == at::kFloat || point.scalar_type() == at::kDouble,
-              "point must be float32 or float64, got ", point.scalar_type());
+  check_images(point, "point");
+  check_float_or_double(point, "point");
   TORCH_CHECK(k >= 1, "k (pixels per step) must be >= 1, got ", k);
   TORCH_CHECK(tie_tolerance >= 0 && std::isfinite(tie_tolerance),
               "tie_tolerance must be a finite number >= 0, got ", tie_tolerance);
   TORCH_CHECK(!(exact_ties && tie_tolerance > 0),
               "tie_tolerance > 0 widens the ties that move; it cannot be combined with exact_ties");
-  const auto device = point.device();
   const auto dtype = point.scalar_type();
-  check_tensor(point, "point", device, dtype);
-  check_tensor(end, "end", device, dtype);
-  check_tensor(grad, "grad", device, dtype);
-  check_tensor(grad_avg, "grad_avg", device, dtype);
-  check_tensor(attribution, "attribution", device, dtype);
-  check_tensor(active, "active", device, at::kBool);
-  check_tensor(active_count, "active_count", device, at::kLong);
-  check_tensor(step_count, "step_count", device, at::kLong);
-  check_tensor(rows, "rows", device, at::kLong);
-  check_tensor(bound, "bound", device, dtype);
+  check_tensor(point, "point", point, "point", dtype);
+  check_tensor(end, "end", point, "point", dtype);
+  check_tensor(grad, "grad", point, "point", dtype);
+  check_tensor(grad_avg, "grad_avg", point, "point", dtype);
+  check_tensor(attribution, "attribution", point, "point", dtype);
+  check_tensor(active, "active", point, "point", at::kBool);
+  check_tensor(active_count, "active_count", point, "point", at::kLong);
+  check_tensor(step_count, "step_count", point, "point", at::kLong);
+  check_tensor(rows, "rows", point, "point", at::kLong);
+  check_tensor(bound, "bound", point, "point", dtype);
   const int64_t B = point.size(0), C = point.size(1), H = point.size(2), W = point.size(3);
-  TORCH_CHECK(end.sizes() == point.sizes(), "end must have the point's shape ", point.sizes(),
-              ", got ", end.sizes());
-  TORCH_CHECK(grad_avg.sizes() == point.sizes(), "grad_avg must have the point's shape");
+  check_same_shape(end, "end", point, "point");
+  check_same_shape(grad_avg, "grad_avg", point, "point");
   TORCH_CHECK(rows.dim() == 1 && rows.size(0) <= B, "rows must be a 1-D index of at most B entries");
   TORCH_CHECK(grad.dim() == 4 && grad.size(0) == rows.size(0) && grad.size(1) == C &&
                   grad.size(2) == H && grad.size(3) == W,
               "grad must have shape (len(rows), C, H, W) = (", rows.size(0), ", ", C, ", ", H, ", ",
               W, "), got ", grad.sizes());
-  TORCH_CHECK(attribution.dim() == 3 && attribution.size(0) == B && attribution.size(1) == H &&
-                  attribution.size(2) == W,
-              "attribution must have shape (B, H, W)");
-  TORCH_CHECK(active.sizes() == attribution.sizes(), "active must have shape (B, H, W)");
-  TORCH_CHECK(active_count.dim() == 1 && active_count.size(0) == B, "active_count must have shape (B,)");
-  TORCH_CHECK(step_count.dim() == 1 && step_count.size(0) == B, "step_count must have shape (B,)");
-  TORCH_CHECK(bound.dim() == 1 && bound.size(0) == B, "bound must have shape (B,)");
+  check_pixel_map(attribution, "attribution", point);
+  check_pixel_map(active, "active", point);
+  check_per_image(active_count, "active_count", B);
+  check_per_image(step_count, "step_count", B);
+  check_per_image(bound, "bound", B);
 }
 
 }  // namespace saliency_fast

@@ -1,20 +1,29 @@
 """Pure-PyTorch twins of every native op: the fallback when the extension is absent and the
 tests' oracle. Each follows its spec literally (vectorised over the batch, no custom kernels).
+
+Arguments are not validated here: ``saliency_fast.ops`` validates them before it calls a twin
+(and the tests call the twins with valid arguments only).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
 
-# When a pixel has reached its end value (samp.md): torch.isclose's rule with these tolerances.
-ATOL, RTOL = 1e-8, 1e-5
+from ._op_constants import ATOL, RTOL
+
+
+def _order_key(values: Tensor) -> Tensor:
+    """The ordering key of the selections (csrc/ordered_bits.h, order_key): NaN sorts last (+inf), −0
+    becomes +0."""
+    key = torch.where(torch.isnan(values), torch.full_like(values, float("inf")), values)
+    return torch.where(key == 0, torch.zeros_like(key), key)
 
 
 def _selection_key(proj: Tensor, insertion: bool) -> Tensor:
-    """Smallest key moves first; NaN sorts last and −0 equals +0 (csrc/samp_step.h)."""
-    key = -proj if insertion else proj
-    key = torch.where(torch.isnan(key), torch.full_like(key, float("inf")), key)
-    return torch.where(key == 0, torch.zeros_like(key), key)
+    """Smallest key moves first: proj for deletion, −proj for insertion (csrc/samp_step.h)."""
+    return _order_key(-proj if insertion else proj)
 
 
 def pixels_active(point: Tensor, end: Tensor, atol: float = ATOL, rtol: float = RTOL) -> Tensor:
@@ -43,10 +52,6 @@ def samp_step(
 ) -> None:
     """One SAMP step (samp.md) for the images ``rows``; updates the state tensors in place.
     ``tie_tolerance`` t (ties "include" only): keys up to the k-th key + t (in the dtype) move."""
-    if not 0 <= tie_tolerance < float("inf"):
-        raise ValueError(f"tie_tolerance must be a finite number >= 0, got {tie_tolerance}")
-    if tie_tolerance > 0 and exact_ties:
-        raise ValueError("tie_tolerance > 0 widens the ties that move; it cannot be combined with exact_ties")
     p, e, act = point[rows], end[rows], active[rows]
     g = grad if momentum == 1.0 else momentum * grad + (1.0 - momentum) * grad_avg[rows]
     delta = e - p
@@ -87,14 +92,6 @@ def perturbation_curve(start: Tensor, finish: Tensor, ranks: Tensor, counts: Ten
 
 
 # --- SCAAT / Saliency Guided Training ops (scaat.md) -------------------------------------------
-import math  # noqa: E402
-
-BUDGET_MODES = ("mass", "topk", "inverse", "uniform")
-
-
-def _budget_keys(flat: Tensor) -> Tensor:
-    """Ordering keys: NaN ranks last (csrc/saliency_budget.h, order_key)."""
-    return torch.where(torch.isnan(flat), torch.full_like(flat, float("inf")), flat)
 
 
 def saliency_budget(saliency: Tensor, mode: str, epsilon: float, rho: float, k: float, gamma: float) -> Tensor:
@@ -104,14 +101,12 @@ def saliency_budget(saliency: Tensor, mode: str, epsilon: float, rho: float, k: 
     value whose cumulative mass Σ_{s_j <= v*} s_j is <= rho·Σ s; "inverse": ε·(1 − r)^gamma with
     r = #{s_j < s_i} / (H·W − 1); "uniform": ε everywhere.
     """
-    if mode not in BUDGET_MODES:
-        raise ValueError(f"mode must be one of {BUDGET_MODES}, got {mode!r}")
     if mode == "uniform" or (mode == "mass" and rho >= 1):  # rho >= 1: every pixel
         return torch.full_like(saliency, epsilon)
     batch = saliency.shape[0]
     flat = saliency.reshape(batch, -1)
     n = flat.shape[1]
-    keys = _budget_keys(flat)
+    keys = _order_key(flat)
     ordered = keys.sort(dim=1).values
     if mode == "inverse":  # in float64 for every dtype, rounded once (csrc/saliency_budget.h)
         below = torch.searchsorted(ordered, keys, right=False)  # ties share the lower rank

@@ -1,20 +1,44 @@
-"""Typed Python wrappers of the native ops (``torch.ops.saliency_fast.*``).
+"""The ops layer's one contract: typed Python wrappers of the native ops (``torch.ops.saliency_fast.*``).
 
-Each wrapper dispatches to the compiled op when the extension is built for the tensors'
-device and to its pure-PyTorch twin in ``_reference`` otherwise. Fakes are registered here so
-the ops trace under torch.compile.
+Callers call these functions and nothing below them. Each wrapper
+
+* validates its user-facing scalars, raising ``ValueError`` that names the argument (this is the
+  one layer that validates scalars for the user; the C++ kernels keep their TORCH_CHECKs only as
+  the native guard for direct ``torch.ops`` calls, and the pure-PyTorch twins validate nothing);
+* chooses the implementation: the compiled op when the extension is built for the tensors'
+  device, else its pure-PyTorch twin in ``_reference`` (``use_native``; callers never choose);
+* is not differentiable, like its op: with grad mode on, a tensor argument that requires grad is
+  refused with a RuntimeError naming it (the compiled ops refuse it in their Autograd kernel,
+  csrc/ops.cpp; the fallback path refuses it here). Call them under ``torch.no_grad()`` or
+  pass detached tensors.
+
+The constants of the contract, ``ATOL``/``RTOL`` (when a SAMP pixel has reached its end value)
+and ``BUDGET_MODES``, are exported here; import them from ``saliency_fast.ops``. The fakes that
+let the ops trace under torch.compile are registered once, in ``_fakes``.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
 
 from . import _reference
+from ._common import check_positive_int
 from ._native import _C, build_info, warn_fallback_once
+from ._op_constants import ATOL, BUDGET_MODES, RTOL, SAMP_STEP_TENSORS
+from ._reference import pixels_active
 
+if _C is not None:
+    from . import _fakes  # noqa: F401  (registers the fakes, once)
+
+__all__ = ["ATOL", "RTOL", "BUDGET_MODES", "pixels_active", "use_native", "samp_step", "perturbation_curve",
+           "saliency_budget", "masked_perturb", "masked_random_fill", "check_budget_shape"]
 
 # Read once: a plain constant keeps the wrappers traceable by torch.compile(fullgraph=True).
 NATIVE_BACKENDS = frozenset(build_info()["backends"])
+# Looked up once: SAMP calls samp_step between model calls, many times per image.
+_NATIVE_SAMP_STEP = torch.ops.saliency_fast.samp_step.default if _C is not None else None
 
 
 def use_native(tensor: Tensor) -> bool:
@@ -25,20 +49,30 @@ def use_native(tensor: Tensor) -> bool:
     return tensor.device.type in NATIVE_BACKENDS
 
 
-def _same_device(**tensors: Tensor) -> None:
-    """Raises naming the first tensor argument that is not on the first one's device. The fakes
-    call it: the dispatcher sends a call to them as soon as one argument is on ``meta``, and a
-    fake must not answer for a call whose real tensors sit on CPU (the native kernels' own
-    TORCH_CHECKs catch CPU/CUDA mixes)."""
-    (first_name, first), *others = tensors.items()
-    for name, tensor in others:
-        if tensor.device != first.device:
-            raise ValueError(f"{name} is on {tensor.device} but {first_name} is on {first.device}: "
-                             "pass every tensor argument on one device")
+def _refuse_grad(op: str, names: tuple[str, ...], args: tuple) -> None:
+    """The fallback path's twin of the compiled ops' Autograd kernel (csrc/ops.cpp): these ops
+    are not differentiable, so with grad mode on no tensor argument (``names``: those of the
+    first ``args``) may require grad."""
+    if not torch.is_grad_enabled():
+        return
+    for name, tensor in zip(names, args):
+        if tensor.requires_grad:
+            raise RuntimeError(f"saliency_fast::{op} is not differentiable, but its argument {name} requires grad: "
+                               f"call it under torch.no_grad() or pass {name}.detach()")
 
 
-_SAMP_TENSORS = ("point", "end", "grad", "grad_avg", "attribution", "active", "active_count", "step_count",
-                 "rows", "bound")
+# --- SAMP (samp.md) ----------------------------------------------------------------------------
+
+def check_samp_scalars(k: int, exact_ties: bool, tie_tolerance: float) -> None:
+    """The scalars of samp_step: k >= 1 pixels per step; tie_tolerance finite >= 0, and 0 with exact ties."""
+    if type(k) is not int or k < 1:  # the common case, a plain int, costs one test per step
+        check_positive_int(k, "k (pixels per step)")
+    if tie_tolerance == 0.0:
+        return
+    if not 0 <= tie_tolerance < math.inf:
+        raise ValueError(f"tie_tolerance must be a finite number >= 0, got {tie_tolerance}")
+    if tie_tolerance > 0 and exact_ties:
+        raise ValueError("tie_tolerance > 0 widens the ties that move; it cannot be combined with exact_ties")
 
 
 def samp_step(
@@ -56,8 +90,8 @@ def samp_step(
     momentum: float = 1.0,
     insertion: bool = False,
     exact_ties: bool = False,
-    atol: float = _reference.ATOL,
-    rtol: float = _reference.RTOL,
+    atol: float = ATOL,
+    rtol: float = RTOL,
     tie_tolerance: float = 0.0,
 ) -> None:
     """One fused SAMP step for the images ``rows`` (distinct indices into the batch; the CPU
@@ -71,28 +105,19 @@ def samp_step(
     step's L1 size (+inf: none); ``k`` the pixels per step; ``exact_ties`` moves exactly
     min(k, #active) pixels, lower flat index first among ties; ``tie_tolerance`` t (without
     ``exact_ties``) also moves every active pixel whose key lies within t above the k-th key.
+    Not differentiable (it updates the path state in place; SAMP calls it between model calls).
     """
-    samp_step_kernel(point)(point, end, grad, grad_avg, attribution, active, active_count, step_count, rows,
-                            bound, int(k), float(momentum), bool(insertion), bool(exact_ties), float(atol),
-                            float(rtol), float(tie_tolerance))
+    check_samp_scalars(k, exact_ties, tie_tolerance)
+    args = (point, end, grad, grad_avg, attribution, active, active_count, step_count, rows, bound, int(k),
+            float(momentum), bool(insertion), bool(exact_ties), float(atol), float(rtol), float(tie_tolerance))
+    if use_native(point):
+        _NATIVE_SAMP_STEP(*args)
+    else:
+        _refuse_grad("samp_step", SAMP_STEP_TENSORS, args)
+        _reference.samp_step(*args)
 
 
-def samp_step_kernel(point: Tensor):
-    """What ``samp_step`` calls for ``point``'s device: the compiled op or its reference twin,
-    resolved once, for loops that step many times. It takes all 17 arguments positionally, with
-    k an int, momentum, atol, rtol and tie_tolerance floats, and the flags bools: the per-call conversions and
-    the device lookup of ``samp_step`` are what it saves (SAMP's step loop runs between model
-    calls, with the interpreter's caches cold)."""
-    return torch.ops.saliency_fast.samp_step.default if use_native(point) else _reference.samp_step
-
-
-if _C is not None:
-
-    @torch.library.register_fake("saliency_fast::samp_step")
-    def _samp_step_fake(*args, **kwargs):  # mutates its inputs in place, allocates nothing
-        _same_device(**dict(zip(_SAMP_TENSORS, args)))
-        return None
-
+# --- deletion/insertion curves (metrics.md) ----------------------------------------------------
 
 def perturbation_curve(start: Tensor, finish: Tensor, ranks: Tensor, counts: Tensor) -> Tensor:
     """The perturbed images of many deletion/insertion curve points in one pass.
@@ -101,22 +126,13 @@ def perturbation_curve(start: Tensor, finish: Tensor, ranks: Tensor, counts: Ten
     pixel's position in the attribution order (0 = most salient), ``counts`` (S,) int64 how
     many ranked pixels are replaced at each curve point. Returns (B, S, C, H, W) with
     ``out[b, s, :, p] = finish[b, :, p] if ranks[b, p] < counts[s] else start[b, :, p]``.
-    Deletion is ``(x, reference)``, insertion ``(reference, x)``. Not differentiable.
+    Deletion is ``(x, reference)``, insertion ``(reference, x)``. Not differentiable (the
+    metrics run it under torch.no_grad()).
     """
     if use_native(start):
         return torch.ops.saliency_fast.perturbation_curve(start, finish, ranks, counts)
+    _refuse_grad("perturbation_curve", ("start", "finish", "ranks", "counts"), (start, finish, ranks, counts))
     return _reference.perturbation_curve(start, finish, ranks, counts)
-
-
-if _C is not None:
-
-    @torch.library.register_fake("saliency_fast::perturbation_curve")
-    def _perturbation_curve_fake(start, finish, ranks, counts):
-        _same_device(start=start, finish=finish, ranks=ranks, counts=counts)
-        torch._check(start.dim() == 4, lambda: "start must have shape (B, C, H, W)")
-        torch._check(counts.dim() == 1, lambda: "counts must be a 1-D tensor")
-        batch, channels, height, width = start.shape
-        return start.new_empty((batch, counts.shape[0], channels, height, width))
 
 
 # --- SCAAT / Saliency Guided Training ops (scaat.md) -------------------------------------------
@@ -148,9 +164,10 @@ def saliency_budget(saliency: Tensor, mode: str = "mass", epsilon: float = 8 / 2
     saliency; ``"topk"``: ε on the floor(k·H·W) lowest pixels; ``"inverse"``: ε·(1 − rank)^gamma
     with rank the pixel's saliency percentile; ``"uniform"``: ε everywhere. Regions are value
     thresholds, so tied pixels are all in or all out. "topk"/"mass" use selection, not sorts.
+    Not differentiable (piecewise constant in the saliency).
     """
-    if mode not in _reference.BUDGET_MODES:
-        raise ValueError(f"mode must be one of {_reference.BUDGET_MODES}, got {mode!r}")
+    if mode not in BUDGET_MODES:
+        raise ValueError(f"mode must be one of {BUDGET_MODES}, got {mode!r}")
     if not epsilon >= 0:
         raise ValueError(f"epsilon must be >= 0, got {epsilon}")
     check_budget_shape(rho, k, gamma)
@@ -159,6 +176,7 @@ def saliency_budget(saliency: Tensor, mode: str = "mass", epsilon: float = 8 / 2
     if use_native(maps):
         budget = torch.ops.saliency_fast.saliency_budget(*args)
     else:
+        _refuse_grad("saliency_budget", ("saliency",), args)
         budget = _reference.saliency_budget(*args)
     return budget.view(saliency.shape)
 
@@ -169,6 +187,7 @@ def masked_perturb(x: Tensor, delta: Tensor, grad: Tensor, budget: Tensor, step_
     budget, δ ← clamp(δ + α·(e/ε)·sign(g), −e, e), then x + δ clamped into [low, high].
 
     ``x``, ``delta``, ``grad`` are (B, C, H, W); ``budget`` e is (B, H, W) or (B, 1, H, W).
+    Not differentiable (an in-place attack step; the attack's gradient comes from the model).
     """
     if not delta.is_contiguous():
         raise ValueError("delta must be contiguous (it is updated in place)")
@@ -183,32 +202,17 @@ def masked_perturb(x: Tensor, delta: Tensor, grad: Tensor, budget: Tensor, step_
     if use_native(x):
         torch.ops.saliency_fast.masked_perturb(*args)
     else:
+        _refuse_grad("masked_perturb", ("x", "delta", "grad", "budget"), args)
         _reference.masked_perturb(*args)
     return delta
 
 
 def masked_random_fill(x: Tensor, mask: Tensor, noise: Tensor) -> Tensor:
     """Saliency Guided Training's masking: where ``mask`` (B, H, W) is set, every channel of the
-    pixel becomes min + noise·(max − min) of its image (noise: uniform [0, 1), x's shape)."""
+    pixel becomes min + noise·(max − min) of its image (noise: uniform [0, 1), x's shape).
+    Not differentiable (SGT masks its data, not parameters)."""
     args = (x.contiguous(), _pixel_map(mask, "mask"), noise.contiguous())
     if use_native(x):
         return torch.ops.saliency_fast.masked_random_fill(*args)
+    _refuse_grad("masked_random_fill", ("x", "mask", "noise"), args)
     return _reference.masked_random_fill(*args)
-
-
-if _C is not None:
-
-    @torch.library.register_fake("saliency_fast::saliency_budget")
-    def _saliency_budget_fake(saliency, mode, epsilon, rho, k, gamma):  # one tensor: no mix possible
-        torch._check(saliency.dim() == 3, lambda: "saliency must have shape (B, H, W)")
-        return torch.empty_like(saliency)
-
-    @torch.library.register_fake("saliency_fast::masked_perturb")
-    def _masked_perturb_fake(x, delta, grad, budget, step_size, epsilon, low, high):
-        _same_device(x=x, delta=delta, grad=grad, budget=budget)
-        return None
-
-    @torch.library.register_fake("saliency_fast::masked_random_fill")
-    def _masked_random_fill_fake(x, mask, noise):
-        _same_device(x=x, mask=mask, noise=noise)
-        return torch.empty_like(x)

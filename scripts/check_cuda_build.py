@@ -53,6 +53,7 @@ KERNELS: Dict[str, Kernel] = {
     "masked_random_fill_kernel": Kernel("masked_random_fill", bit_exact=True),
     "perturbation_curve_kernel": Kernel("perturbation_curve", bit_exact=True),
     "threshold_budget_kernel": Kernel("saliency_budget", bit_exact=False),
+    "order_keys_kernel": Kernel("saliency_budget", bit_exact=False),
     "inverse_budget_kernel": Kernel("saliency_budget", bit_exact=False),
 }
 

@@ -22,7 +22,7 @@ sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
 
-from saliency_fast import _reference  # noqa: E402
+from saliency_fast import ops  # noqa: E402
 
 Case = Tuple[str, Callable[[], object]]
 CUDA_FAILURES = ("CUDA error", "device-side assert", "illegal memory access", "cudaError", "CUBLAS", "unspecified launch")
@@ -47,7 +47,7 @@ def samp_state(batch, channels, height, width, dtype, device, seed, ties=False, 
     point = torch.where(done, end, point)
     if nan:
         grad.view(-1)[:: max(1, grad.numel() // 7)] = float("nan")
-    active = _reference.pixels_active(point, end)
+    active = ops.pixels_active(point, end)
     distance = (point - end).abs().flatten(1).sum(1)
     state = dict(point=point, end=end, grad=grad, grad_avg=torch.randn(shape, generator=g, dtype=dtype),
                  attribution=torch.zeros(batch, height, width, dtype=dtype), active=active,
@@ -78,7 +78,7 @@ def samp_cases(device) -> Iterator[Case]:
                         for momentum in (1.0, 0.5):
                             op(s["point"], s["end"], s["grad"], s["grad_avg"], s["attribution"], s["active"],
                                s["active_count"], s["step_count"], rows, s["bound"], k, momentum, insertion, exact,
-                               _reference.ATOL, _reference.RTOL)
+                               ops.ATOL, ops.RTOL)
                         return s["attribution"]
                     yield f"samp_step {label} {dtype} exact={exact} insertion={insertion}", run
 
@@ -86,14 +86,14 @@ def samp_cases(device) -> Iterator[Case]:
         s = samp_state(3, 3, 7, 5, torch.float32, device, seed=1)
         rows = torch.empty(0, dtype=torch.long, device=device)
         op(s["point"], s["end"], s["grad"][:0], s["grad_avg"], s["attribution"], s["active"], s["active_count"],
-           s["step_count"], rows, s["bound"], 3, 1.0, False, False, _reference.ATOL, _reference.RTOL)
+           s["step_count"], rows, s["bound"], 3, 1.0, False, False, ops.ATOL, ops.RTOL)
         return s["attribution"]
 
     def subset_rows():
         s = samp_state(5, 2, 9, 7, torch.float32, device, seed=2)
         rows = torch.tensor([3, 0], device=device)
         op(s["point"], s["end"], s["grad"][:2], s["grad_avg"], s["attribution"], s["active"], s["active_count"],
-           s["step_count"], rows, s["bound"], 6, 1.0, True, True, _reference.ATOL, _reference.RTOL)
+           s["step_count"], rows, s["bound"], 6, 1.0, True, True, ops.ATOL, ops.RTOL)
         return s["attribution"]
 
     yield "samp_step empty rows", empty_rows

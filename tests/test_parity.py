@@ -109,7 +109,7 @@ def test_tie_tolerance_widens_the_chosen_set():
     assert moved == [[0], [0, 1, 2], [0, 1, 2, 3]]
 
 
-@pytest.mark.parametrize("fn", [samp_op, _reference.samp_step])
+@pytest.mark.parametrize("fn", [samp_op, ops.samp_step])
 def test_tie_tolerance_bad_values(fn):
     state = random_state(1, 1, 3, 3)
     for tolerance, match in ((-1.0, "tie_tolerance must be"), (math.inf, "tie_tolerance must be"),

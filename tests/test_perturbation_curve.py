@@ -126,7 +126,7 @@ def test_traces_under_torch_compile():
         (lambda a: (a[0].long(), a[1].long(), a[2], a[3]), "start must be a floating tensor"),
         (lambda a: (a[0].transpose(2, 3), a[1].transpose(2, 3), a[2].transpose(1, 2), a[3]), "start must be contiguous"),
         (lambda a: (a[0], a[1].float(), a[2], a[3]), "finish must have dtype"),
-        (lambda a: (a[0], a[1][:, :1].contiguous(), a[2], a[3]), "finish must have the start's shape"),
+        (lambda a: (a[0], a[1][:, :1].contiguous(), a[2], a[3]), "finish must have the shape of start"),
         (lambda a: (a[0], a[1], a[2].int(), a[3]), "ranks must have dtype"),
         (lambda a: (a[0], a[1], a[2][:, :2].contiguous(), a[3]), "ranks must have shape"),
         (lambda a: (a[0], a[1], a[2], a[3].view(1, -1)), "counts must be a 1-D"),

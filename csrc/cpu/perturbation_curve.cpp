@@ -40,8 +40,7 @@ int32_t count_at_most(const int64_t* sorted, int64_t n, int64_t value) {
 
 // level_of_rank[r] = how many of the S sorted counts are <= r, for every rank r in [0, HW): one
 // merge of the counts with 0..HW-1. Ranks are usually a permutation of [0, HW), so a pixel's
-// level is then one table load instead of a binary search (log2 S dependent loads: half the
-// op's time at S = 104 before).
+// level is then one table load instead of a binary search (log2 S dependent loads).
 std::vector<int32_t> level_of_rank(const std::vector<int64_t>& sorted, int64_t HW) {
   std::vector<int32_t> table(HW);
   int64_t at_most = 0;

@@ -19,7 +19,7 @@ using budget::Mode;
 template <typename T>
 T kth_smallest(const T* s, int64_t n, int64_t m, std::vector<T>& keys) {
   keys.resize(n);
-  for (int64_t i = 0; i < n; ++i) keys[i] = budget::order_key(s[i]);
+  for (int64_t i = 0; i < n; ++i) keys[i] = order_key(s[i]);
   std::nth_element(keys.begin(), keys.begin() + (m - 1), keys.end());
   return keys[m - 1];
 }
@@ -31,7 +31,7 @@ T kth_smallest(const T* s, int64_t n, int64_t m, std::vector<T>& keys) {
 template <typename T>
 bool mass_threshold(const T* s, int64_t n, double limit, std::vector<T>& keys, T* threshold) {
   keys.resize(n);
-  for (int64_t i = 0; i < n; ++i) keys[i] = budget::order_key(s[i]);
+  for (int64_t i = 0; i < n; ++i) keys[i] = order_key(s[i]);
   auto lo = keys.begin(), hi = keys.end();
   double taken = 0.0;
   bool found = false;
@@ -65,7 +65,7 @@ void budget_one_image(const T* s, T* out, int64_t n, Mode mode, double epsilon, 
     order.resize(n);
     std::iota(order.begin(), order.end(), int64_t(0));
     keys.resize(n);
-    for (int64_t i = 0; i < n; ++i) keys[i] = budget::order_key(s[i]);
+    for (int64_t i = 0; i < n; ++i) keys[i] = order_key(s[i]);
     std::sort(order.begin(), order.end(), [&keys](int64_t a, int64_t b) { return keys[a] < keys[b]; });
     int64_t first_of_group = 0;  // ties share the position of their group's first member
     for (int64_t j = 0; j < n; ++j) {
@@ -86,7 +86,7 @@ void budget_one_image(const T* s, T* out, int64_t n, Mode mode, double epsilon, 
     any = mass_threshold(s, n, rho * total, keys, &threshold);
   }
   for (int64_t i = 0; i < n; ++i) {
-    out[i] = budget::threshold_budget(budget::order_key(s[i]), threshold, any, static_cast<T>(epsilon));
+    out[i] = budget::threshold_budget(order_key(s[i]), threshold, any, static_cast<T>(epsilon));
   }
 }
 

@@ -174,8 +174,8 @@ int64_t choose_among_candidates(Workspace<T>& w, int64_t n, int64_t n_chosen, in
 // minima of k distinct blocks of kBlock pixels are k of the keys, so the k-th smallest block
 // minimum lies at or above the image's k-th key; only the blocks whose minimum is at or below it
 // can hold a key up to the k-th, normally about k of them, and only those are scanned: the block
-// minima vectorise, while a compaction over every pixel (one dependent store each) would cost
-// half the op. Returns the number of candidates kept (every key up to the k-th, in index order),
+// minima vectorise, while a compaction over every pixel costs one dependent store each.
+// Returns the number of candidates kept (every key up to the k-th, in index order),
 // or -1 when ties at the bound admit more than half the blocks (the radix select takes those).
 template <typename T>
 int64_t keep_keys_of_the_smallest_blocks(Workspace<T>& w, int64_t pixels, int64_t k) {
@@ -376,10 +376,9 @@ void samp_step_cpu(at::Tensor point, const at::Tensor& end, const at::Tensor& gr
                                   static_cast<scalar_t>(momentum), static_cast<scalar_t>(atol),
                                   static_cast<scalar_t>(rtol), static_cast<scalar_t>(tie_tolerance),
                                   insertion, exact_ties};
-    // Contiguous ranges of rows (parallel_for's static split). Inside SAMP++ runs on the digits
-    // a step took 155–206 µs this way, against 173–237 µs with rows handed out one at a time: likely
-    // because each thread then finds in its own cache the gradients its share of the model's
-    // backward has just written.
+    // Contiguous ranges of rows (parallel_for's static split), not rows handed out one at a time:
+    // each thread then finds in its own cache the gradients its share of the model's backward has
+    // just written.
     at::parallel_for(0, n_rows, 1, [&](int64_t begin, int64_t stop) {
       Workspace<scalar_t>& workspace = thread_workspace<scalar_t>(args.pixels);
       for (int64_t r = begin; r < stop; ++r) step_one_image(args, row_images[r], r, workspace);

@@ -1,32 +1,22 @@
 // CUDA implementations of masked_perturb (one fused PGD step, in place on delta) and
 // masked_random_fill: grid-stride elementwise kernels on the current stream, with 32-bit index
-// arithmetic when x has fewer than 2^31 elements (64-bit division is slow on the GPU), else
-// 64-bit; the per-image min/max of the fill come from at::aminmax (no host sync).
+// arithmetic when x fits (cuda/launch.cuh), else 64-bit; the per-image min/max of the fill come
+// from at::aminmax (no host sync).
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAException.h>
 #include <torch/library.h>
 
-#include <algorithm>
 #include <cstdint>
-#include <limits>
 
+#include "cuda/launch.cuh"
 #include "masked_perturb.h"
 
 namespace saliency_fast {
 namespace {
 
 constexpr int kThreads = 256;
-
-int blocks_for(int64_t total) {
-  return static_cast<int>(std::min<int64_t>((total + kThreads - 1) / kThreads, 65535));
-}
-
-// 32-bit indices when every index, and the grid-stride step past the last one, fits in int32.
-bool fits_int32(int64_t total) {
-  return total <= std::numeric_limits<int32_t>::max() - int64_t(65535) * kThreads;
-}
 
 template <typename T, typename Index>
 __global__ void masked_perturb_kernel(const T* __restrict__ x, T* __restrict__ delta,
@@ -69,13 +59,13 @@ void masked_perturb_cuda(const at::Tensor& x, at::Tensor delta, const at::Tensor
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "masked_perturb_cuda", [&] {
     const auto launch = [&](auto index) {
       using Index = decltype(index);
-      masked_perturb_kernel<scalar_t, Index><<<blocks_for(total), kThreads, 0, stream>>>(
+      masked_perturb_kernel<scalar_t, Index><<<cuda::grid_blocks(total, kThreads), kThreads, 0, stream>>>(
           x.data_ptr<scalar_t>(), delta.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(),
           budget.data_ptr<scalar_t>(), static_cast<Index>(total), static_cast<Index>(C),
           static_cast<Index>(HW), static_cast<scalar_t>(ratio), static_cast<scalar_t>(low),
           static_cast<scalar_t>(high));
     };
-    if (fits_int32(total)) launch(int32_t(0)); else launch(int64_t(0));
+    cuda::with_index_type(total, kThreads, launch);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
@@ -95,12 +85,12 @@ at::Tensor masked_random_fill_cuda(const at::Tensor& x, const at::Tensor& mask,
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "masked_random_fill_cuda", [&] {
     const auto launch = [&](auto index) {
       using Index = decltype(index);
-      masked_random_fill_kernel<scalar_t, Index><<<blocks_for(total), kThreads, 0, stream>>>(
+      masked_random_fill_kernel<scalar_t, Index><<<cuda::grid_blocks(total, kThreads), kThreads, 0, stream>>>(
           x.data_ptr<scalar_t>(), mask.data_ptr<bool>(), noise.data_ptr<scalar_t>(),
           low.data_ptr<scalar_t>(), high.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
           static_cast<Index>(total), static_cast<Index>(C), static_cast<Index>(HW));
     };
-    if (fits_int32(total)) launch(int32_t(0)); else launch(int64_t(0));
+    cuda::with_index_type(total, kThreads, launch);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;

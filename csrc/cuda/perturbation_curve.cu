@@ -1,17 +1,15 @@
 // CUDA implementation of perturbation_curve: one grid-stride kernel over every output element,
 // launched on the current stream with a checked launch and no host sync. Its index arithmetic
-// is 32-bit when the output has fewer than 2^31 elements (a 64-bit division is a long
-// emulated sequence on the GPU), else 64-bit.
+// is 32-bit when the output fits (cuda/launch.cuh), else 64-bit.
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include <algorithm>
 #include <cstdint>
-#include <limits>
 
+#include "cuda/launch.cuh"
 #include "perturbation_curve.h"
 
 namespace saliency_fast {
@@ -48,22 +46,18 @@ at::Tensor perturbation_curve_cuda(const at::Tensor& start, const at::Tensor& fi
   at::Tensor out = at::empty({B, S, C, H, W}, start.options());
   const int64_t total = out.numel();
   if (total == 0) return out;
-  const int64_t wanted_blocks = (total + kThreads - 1) / kThreads;
-  const int blocks = static_cast<int>(std::min<int64_t>(wanted_blocks, 65535));
+  const int blocks = cuda::grid_blocks(total, kThreads);
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, start.scalar_type(),
                                   "perturbation_curve_cuda", [&] {
-    // 32-bit when every index, and the grid-stride step past the last one, fits in int32.
-    if (total <= std::numeric_limits<int32_t>::max() - int64_t(65535) * kThreads) {
-      perturbation_curve_kernel<scalar_t, int32_t><<<blocks, kThreads, 0, stream>>>(
+    const auto launch = [&](auto index) {
+      using Index = decltype(index);
+      perturbation_curve_kernel<scalar_t, Index><<<blocks, kThreads, 0, stream>>>(
           start.data_ptr<scalar_t>(), finish.data_ptr<scalar_t>(), ranks.data_ptr<int64_t>(),
-          counts.data_ptr<int64_t>(), out.data_ptr<scalar_t>(), static_cast<int32_t>(S),
-          static_cast<int32_t>(C), static_cast<int32_t>(H * W), static_cast<int32_t>(total));
-    } else {
-      perturbation_curve_kernel<scalar_t, int64_t><<<blocks, kThreads, 0, stream>>>(
-          start.data_ptr<scalar_t>(), finish.data_ptr<scalar_t>(), ranks.data_ptr<int64_t>(),
-          counts.data_ptr<int64_t>(), out.data_ptr<scalar_t>(), S, C, H * W, total);
-    }
+          counts.data_ptr<int64_t>(), out.data_ptr<scalar_t>(), static_cast<Index>(S),
+          static_cast<Index>(C), static_cast<Index>(H * W), static_cast<Index>(total));
+    };
+    cuda::with_index_type(total, kThreads, launch);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;

@@ -1,16 +1,18 @@
 // CUDA implementation of saliency_budget. "topk" and "mass": one block per image finds the
 // threshold by a binary search over the order-preserving bit pattern of the keys (32 or 64
-// rounds of a block-wide count/sum, no sort, no host sync). "inverse" needs every rank: a
-// segmented at::sort plus cummax for ties, then one scatter kernel. All on the current stream.
+// rounds of a block-wide count/sum, no sort, no host sync). "inverse" needs every rank: the
+// ordering keys, a segmented at::sort plus cummax for ties, then one scatter kernel. All on the
+// current stream.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAException.h>
 #include <torch/library.h>
 
-#include <cub/block/block_reduce.cuh>
 #include <cstdint>
 
+#include "cuda/block_reduce.cuh"
+#include "cuda/launch.cuh"
 #include "ordered_bits.h"
 #include "saliency_budget.h"
 
@@ -19,17 +21,6 @@ namespace {
 
 constexpr int kThreads = 256;
 
-// Block-wide sum, broadcast to every thread.
-template <typename Reduce>
-__device__ double block_sum(double local, typename Reduce::TempStorage& storage, double* shared) {
-  const double total = Reduce(storage).Sum(local);
-  if (threadIdx.x == 0) *shared = total;
-  __syncthreads();
-  const double result = *shared;
-  __syncthreads();
-  return result;
-}
-
 // One block per image. topk: the smallest U with #{key <= U} >= m. mass: the largest U with
 // Σ_{key <= U} key <= rho·Σ s. Pixels with key <= U get epsilon.
 template <typename T>
@@ -37,8 +28,7 @@ __global__ void threshold_budget_kernel(const T* __restrict__ saliency, T* __res
                                         int64_t n, bool mass, int64_t m, double rho, T epsilon) {
   using Bits = OrderedBits<T>;
   using U = typename Bits::U;
-  using Reduce = cub::BlockReduce<double, kThreads>;
-  __shared__ typename Reduce::TempStorage storage;
+  __shared__ typename cuda::BlockSum<double, kThreads>::TempStorage storage;
   __shared__ double shared;
   const int64_t image = blockIdx.x;
   const T* s = saliency + image * n;
@@ -48,7 +38,7 @@ __global__ void threshold_budget_kernel(const T* __restrict__ saliency, T* __res
   if (mass) {
     double local = 0.0;
     for (int64_t i = threadIdx.x; i < n; i += blockDim.x) local += static_cast<double>(s[i]);
-    limit = rho * block_sum<Reduce>(local, storage, &shared);
+    limit = rho * cuda::block_sum<double, kThreads>(local, storage, &shared);
   }
   U lo = 0, hi = ~U(0);
   if (mass) {
@@ -56,25 +46,34 @@ __global__ void threshold_budget_kernel(const T* __restrict__ saliency, T* __res
       const U mid = hi - (hi - lo) / 2;  // upper midpoint: lo < mid <= hi
       double local = 0.0;
       for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-        const T key = budget::order_key(s[i]);
+        const T key = order_key(s[i]);
         if (to_ordered(key) <= mid) local += static_cast<double>(key);
       }
-      if (block_sum<Reduce>(local, storage, &shared) <= limit) lo = mid; else hi = mid - 1;
+      if (cuda::block_sum<double, kThreads>(local, storage, &shared) <= limit) lo = mid; else hi = mid - 1;
     }
   } else {
     while (lo < hi) {
       const U mid = lo + (hi - lo) / 2;
       double local = 0.0;
       for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-        local += to_ordered(budget::order_key(s[i])) <= mid ? 1.0 : 0.0;
+        local += to_ordered(order_key(s[i])) <= mid ? 1.0 : 0.0;
       }
-      if (block_sum<Reduce>(local, storage, &shared) >= static_cast<double>(m)) hi = mid; else lo = mid + 1;
+      if (cuda::block_sum<double, kThreads>(local, storage, &shared) >= static_cast<double>(m)) hi = mid; else lo = mid + 1;
     }
   }
   const bool any = mass ? (limit >= 0.0) : (m > 0);
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-    const bool inside = any && to_ordered(budget::order_key(s[i])) <= lo;
+    const bool inside = any && to_ordered(order_key(s[i])) <= lo;
     o[i] = inside ? epsilon : T(0);
+  }
+}
+
+// The selections' ordering keys (order_key: NaN last, −0 as +0), elementwise.
+template <typename T>
+__global__ void order_keys_kernel(const T* __restrict__ values, T* __restrict__ keys, int64_t total) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(blockDim.x) * gridDim.x) {
+    keys[i] = order_key(values[i]);
   }
 }
 
@@ -93,8 +92,15 @@ __global__ void inverse_budget_kernel(const int64_t* __restrict__ order,
 at::Tensor inverse_budget_cuda(const at::Tensor& saliency, int64_t B, int64_t n, double epsilon,
                                double gamma) {
   at::Tensor flat = saliency.reshape({B, n});
-  at::Tensor keys = at::where(at::isnan(flat), at::full_like(flat, INFINITY), flat);
-  keys = at::where(keys == 0, at::zeros_like(keys), keys);
+  at::Tensor keys = at::empty_like(flat);
+  const int64_t total = B * n;
+  const int blocks = cuda::grid_blocks(total, kThreads);
+  auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(saliency.scalar_type(), "order_keys_cuda", [&] {
+    order_keys_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(flat.data_ptr<scalar_t>(),
+                                                                keys.data_ptr<scalar_t>(), total);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
   auto sorted = at::sort(keys, /*dim=*/1);
   const at::Tensor& values = std::get<0>(sorted);
   at::Tensor order = std::get<1>(sorted).contiguous();
@@ -106,9 +112,6 @@ at::Tensor inverse_budget_cuda(const at::Tensor& saliency, int64_t B, int64_t n,
   at::Tensor first = std::get<0>(at::cummax(at::where(starts, position, at::zeros_like(position)), 1))
                          .contiguous();
   at::Tensor out = at::empty_like(saliency);
-  const int64_t total = B * n;
-  const int blocks = static_cast<int>(std::min<int64_t>((total + kThreads - 1) / kThreads, 65535));
-  auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(saliency.scalar_type(), "inverse_budget_cuda", [&] {
     inverse_budget_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
         order.data_ptr<int64_t>(), first.data_ptr<int64_t>(), out.data_ptr<scalar_t>(), total, n,

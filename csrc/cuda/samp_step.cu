@@ -18,11 +18,12 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include <cub/block/block_reduce.cuh>
 #include <cub/block/block_scan.cuh>
 
 #include <cstdint>
 
+#include "cuda/block_reduce.cuh"
+#include "cuda/launch.cuh"
 #include "ordered_bits.h"
 #include "samp_step.h"
 #include "samp_step_checks.h"
@@ -74,16 +75,6 @@ __global__ void samp_project_kernel(const T* __restrict__ point, const T* __rest
   }
 }
 
-// Broadcasts a value reduced into thread 0 to the whole block.
-template <typename V>
-__device__ V broadcast(V value, V* slot) {
-  if (threadIdx.x == 0) *slot = value;
-  __syncthreads();
-  const V out = *slot;
-  __syncthreads();
-  return out;
-}
-
 template <typename T>
 __global__ void __launch_bounds__(kSelectThreads) samp_select_apply_kernel(
     T* __restrict__ point, const T* __restrict__ end, T* __restrict__ attribution,
@@ -93,10 +84,9 @@ __global__ void __launch_bounds__(kSelectThreads) samp_select_apply_kernel(
     int64_t pixels, int64_t k, bool insertion, bool exact_ties, T atol, T rtol, T tie_tolerance) {
   using Bits = OrderedBits<T>;
   using U = typename Bits::U;
-  using CountReduce = cub::BlockReduce<long long, kSelectThreads>;
   using TieScan = cub::BlockScan<int, kSelectThreads>;
   __shared__ union {
-    typename CountReduce::TempStorage count;
+    typename cuda::BlockSum<long long, kSelectThreads>::TempStorage count;
     typename TieScan::TempStorage scan;
   } temp;
   // 32-bit counters (pixels < 2^31, checked on the host): a 64-bit shared atomicAdd compiles
@@ -118,7 +108,7 @@ __global__ void __launch_bounds__(kSelectThreads) samp_select_apply_kernel(
 
   long long local = 0;
   for (int64_t p = tid; p < pixels; p += kSelectThreads) local += image_active[p];
-  const long long n_active = broadcast<long long>(CountReduce(temp.count).Sum(local), &count_slot);
+  const long long n_active = cuda::block_sum<long long, kSelectThreads>(local, temp.count, &count_slot);
   if (n_active == 0) {
     if (tid == 0) active_count[image] = 0;
     return;
@@ -167,7 +157,7 @@ __global__ void __launch_bounds__(kSelectThreads) samp_select_apply_kernel(
     for (int64_t p = tid; p < pixels; p += kSelectThreads) {
       below_local += image_active[p] && samp::selection_key(proj[p], insertion) < kth;
     }
-    const long long below = broadcast<long long>(CountReduce(temp.count).Sum(below_local), &count_slot);
+    const long long below = cuda::block_sum<long long, kSelectThreads>(below_local, temp.count, &count_slot);
     const long long quota = kk - below;
     long long ties_before = 0;  // ties in earlier tiles, identical in every thread
     for (int64_t base = 0; base < pixels; base += kSelectThreads) {
@@ -213,7 +203,7 @@ __global__ void __launch_bounds__(kSelectThreads) samp_select_apply_kernel(
     image_active[p] = still_active;
     finished_local += !still_active;
   }
-  const long long finished = CountReduce(temp.count).Sum(finished_local);
+  const long long finished = cuda::block_sum<long long, kSelectThreads>(finished_local, temp.count, &count_slot);
   if (tid == 0) {
     active_count[image] = n_active - finished;
     step_count[image] += 1;
@@ -242,8 +232,7 @@ void samp_step_cuda(at::Tensor point, const at::Tensor& end, const at::Tensor& g
   at::Tensor proj = at::empty({n_rows, pixels}, point.options());
   at::Tensor chosen = at::empty({n_rows, pixels}, point.options().dtype(at::kByte));
   const int64_t total = n_rows * pixels;
-  const int project_blocks =
-      static_cast<int>(std::min<int64_t>((total + kProjectThreads - 1) / kProjectThreads, 65535));
+  const int project_blocks = cuda::grid_blocks(total, kProjectThreads);
   AT_DISPATCH_FLOATING_TYPES(point.scalar_type(), "samp_step_cuda", [&] {
     samp_project_kernel<scalar_t><<<project_blocks, kProjectThreads, 0, stream>>>(
         point.data_ptr<scalar_t>(), end.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(),

@@ -32,7 +32,7 @@ from .._common import (
     score_outputs,
     warn_if_not_finite,
 )
-from .._reference import ATOL, RTOL, pixels_active
+from ..ops import ATOL, RTOL, pixels_active
 from ..references import SMALL_IMAGE_SIDE, Reference, make_reference
 from ._base import AttributionMethod
 
@@ -340,7 +340,6 @@ class _PathState:
         self.step_count = torch.zeros(batch, dtype=torch.long, device=start.device)
         distance = pairwise_row_sums((self.point - self.end).abs().flatten(1))
         self.bound = distance / n_frag if n_frag else torch.full_like(distance, math.inf)
-        self.kernel = ops.samp_step_kernel(self.point)
         self.k, self.insertion, self.exact_ties = int(k), bool(insertion), bool(exact_ties)
         self.tie_tolerance = float(tie_tolerance)
 
@@ -348,7 +347,7 @@ class _PathState:
         """One step for the images ``rows``, whose gradient is ``grad``; ``momentum`` a float."""
         if grad.dtype != self.point.dtype or not grad.is_contiguous():  # half models, or odd layouts
             grad = grad.to(self.point.dtype).contiguous()
-        self.kernel(
+        ops.samp_step(
             self.point, self.end, grad, self.grad_avg, self.attribution, self.active, self.active_count,
             self.step_count, rows, self.bound, self.k, momentum, self.insertion, self.exact_ties, ATOL, RTOL,
             self.tie_tolerance,

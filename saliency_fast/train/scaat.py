@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from .._common import check_positive_int
-from .._reference import BUDGET_MODES
+from ..ops import BUDGET_MODES
 from .objectives import (MethodOutput, TrainingMethod, check_choice, check_nonnegative, evaluating,
                       input_saliency, kl_to, unwrap)
 
