@@ -71,14 +71,6 @@ def check_batch(inputs: Tensor, name: str = "inputs") -> Tensor:
     return inputs
 
 
-def check_positive_int(value: Any, name: str, minimum: int = 1) -> int:
-    """``value`` as an int, if it is an int (Python or NumPy, not bool) of at least ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        wanted = "a positive int" if minimum == 1 else f"an int >= {minimum}"
-        raise ValueError(f"{name} must be {wanted}, got {value!r}")
-    return int(value)
-
-
 def check_finite(tensor: Tensor, name: str) -> None:
     """Raise if ``tensor`` holds NaN or Inf (one reduction; called once per call, not per step)."""
     if not bool(torch.isfinite(tensor).all()):

@@ -52,8 +52,9 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from ._validation import check_positive_int
 from . import attribution_store as store
-from ._common import BoundModel, attribution_mode, check_positive_int
+from ._common import BoundModel, attribution_mode
 from ._distributed import ProcessGroup
 from ._io import CorruptFileError, json_record, tensor_bytes
 from ._lock import FolderInUseError, FolderLock

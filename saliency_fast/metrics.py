@@ -40,7 +40,6 @@ from ._common import (
     check_finite,
     check_images,
     check_model_device,
-    check_positive_int,
     check_same_device,
     check_score,
     minmax_normalize,
@@ -49,6 +48,7 @@ from ._common import (
     score_outputs,
     warn_if_not_finite,
 )
+from ._validation import check_positive_int
 from .references import SMALL_IMAGE_SIDE, Reference, make_reference
 
 __all__ = [

@@ -23,8 +23,8 @@ import math
 import torch
 from torch import Tensor
 
+from ._validation import check_positive_int
 from . import _reference
-from ._common import check_positive_int
 from ._native import _C, build_info, warn_fallback_once
 from ._op_constants import ATOL, BUDGET_MODES, RTOL, SAMP_STEP_TENSORS
 from ._reference import pixels_active

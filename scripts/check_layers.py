@@ -43,18 +43,21 @@ class Layer:
 
 
 # Lowest layer first. A prefix covers the module of that name and its submodules; the longest
-# matching prefix wins. Names marked "planned" are the homes issue 19 creates.
+# matching prefix wins.
 LAYERS: Dict[str, Layer] = {
     # 0 foundations: small helpers that import nothing from the package
     "saliency_fast.allocator": Layer(0, "base"),
     "saliency_fast._distributed": Layer(0, "base"),
-    "saliency_fast._io": Layer(0, "base"),  # planned: atomic file writes (checkpoints, shards)
-    "saliency_fast._version": Layer(0, "base"),  # planned: __version__, read by setup.py too
-    "saliency_fast._jsonable": Layer(0, "base"),
-    "saliency_fast._lock": Layer(0, "base"),  # output-folder locks (checkpoints, shards)  # JSON-ready records (run configs, manifests)
+    "saliency_fast._io": Layer(0, "base"),  # atomic file writes (checkpoints, shards)
+    "saliency_fast._version": Layer(0, "base"),  # __version__, read by setup.py too
+    "saliency_fast._jsonable": Layer(0, "base"),  # JSON-ready records (run configs, manifests)
+    "saliency_fast._lock": Layer(0, "base"),  # output-folder locks (checkpoints, shards)
+    "saliency_fast._validation": Layer(0, "base"),  # checks of scalar arguments
     # 1 the op layer: one contract (ops), the compiled ops and their pure-PyTorch twins behind it
     "saliency_fast._C": Layer(1, "ops", internal=True),
     "saliency_fast._reference": Layer(1, "ops", internal=True),
+    "saliency_fast._fakes": Layer(1, "ops", internal=True),  # register_fake of every op
+    "saliency_fast._op_constants": Layer(1, "ops", internal=True),  # shared by ops and _reference
     "saliency_fast._native": Layer(1, "ops"),  # build information is public (sf.build_info, --version)
     "saliency_fast.ops": Layer(1, "ops"),
     # 2 shared: argument validation and model binding; reference images
@@ -89,10 +92,6 @@ class Import(NamedTuple):
 
 # (importer, imported, why it is there). Emptied by the issue-19 refactor.
 KNOWN_VIOLATIONS: List[Tuple[str, str, str]] = [
-    ("saliency_fast.methods.samp", "saliency_fast._reference",
-     "ATOL, RTOL and pixels_active from the fallback module; ops exports the tolerances and mode names"),
-    ("saliency_fast.train.scaat", "saliency_fast._reference",
-     "BUDGET_MODES from the fallback module; ops exports the mode names"),
 ]
 
 

@@ -147,7 +147,7 @@ def test_bad_arguments_name_the_argument():
         train.SCAAT(budget="median")
     with pytest.raises(ValueError, match="steps"):
         train.SCAAT(steps=0)
-    for bad in (True, 2.0):  # the one int validator (_common.check_positive_int): no bools, no floats
+    for bad in (True, 2.0):  # the one int validator (_validation.check_positive_int): no bools, no floats
         with pytest.raises(ValueError, match="steps must be a positive int"):
             train.SCAAT(steps=bad)
     with pytest.raises(ValueError, match="warmup_epochs must be an int >= 0"):

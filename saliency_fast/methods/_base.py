@@ -71,7 +71,6 @@ from .._common import (
     check_batch,
     check_images,
     check_model_device,
-    check_positive_int,
     one_image_logits,
     relative_completeness_error,
     reduce_channels as sum_channels,
@@ -80,6 +79,7 @@ from .._common import (
     target_tensor,
     warn_if_not_finite,
 )
+from .._validation import check_positive_int
 from ..references import Reference, make_reference
 
 Baselines = Union[None, Reference, int, float]

@@ -19,7 +19,8 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from .._common import check_positive_int, input_gradient
+from .._validation import check_positive_int
+from .._common import input_gradient
 from ._base import AttributionMethod
 from .gradients import repeats_per_pass
 

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._common import Selector, check_positive_int, input_gradient
+from .._validation import check_positive_int
+from .._common import Selector, input_gradient
 from ..references import Reference
 from ._base import AttributionMethod, DeprecatedBatchSize, PathAttributionMethod, pass_size
 

@@ -14,7 +14,8 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
-from .._common import Selector, check_positive_int, input_gradient
+from .._validation import check_positive_int
+from .._common import Selector, input_gradient
 from ..references import Reference
 from ._base import PathAttributionMethod
 

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._common import check_positive_int, Target, check_score, score_outputs
+from .._validation import check_positive_int
+from .._common import Target, check_score, score_outputs
 from ._base import AttributionMethod, DeprecatedBatchSize, pass_size
 from .gradients import repeats_per_pass
 from .xrai import _skimage

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._common import check_positive_int, check_score, score_outputs
+from .._validation import check_positive_int
+from .._common import check_score, score_outputs
 from ._base import AttributionMethod, DeprecatedBatchSize, pass_size
 from .gradients import repeats_per_pass
 

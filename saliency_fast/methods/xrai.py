@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .._validation import check_positive_int
 from ._base import AttributionMethod
-from .._common import check_positive_int
 from .gradients import IntegratedGradients
 
 FELZENSZWALB_SCALES = (50, 100, 150, 250, 500, 1200)

@@ -27,7 +27,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._common import check_positive_int
+from .._validation import check_positive_int
 from .._distributed import ProcessGroup
 from .._jsonable import jsonable
 from . import checkpoint as ckpt

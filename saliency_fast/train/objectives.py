@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import ops
+from .._validation import check_choice, check_nonnegative
 
 
 class MethodOutput(NamedTuple):
@@ -116,18 +117,6 @@ def kl_to(clean_logits: Tensor, other_logits: Tensor) -> Tensor:
     """KL(p(clean) ‖ p(other)), batch mean."""
     return F.kl_div(F.log_softmax(other_logits, dim=1), F.log_softmax(clean_logits, dim=1),
                     reduction="batchmean", log_target=True)
-
-
-def check_choice(value: str, name: str, choices: Sequence[str]) -> str:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
-    return value
-
-
-def check_nonnegative(value: float, name: str) -> float:
-    if not value >= 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
-    return float(value)
 
 
 class Plain(TrainingMethod):

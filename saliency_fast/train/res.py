@@ -32,8 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._validation import check_choice, check_nonnegative
 from ..methods.gradcam import gradcam_maps, resolve_layer
-from .objectives import MethodOutput, TrainingMethod, check_choice, check_nonnegative, unwrap
+from .objectives import MethodOutput, TrainingMethod, unwrap
 from .res_losses import (align_loss, cell_weights, gaussian_target, gradia_loss, haics_loss, masked_mean,
                          normalize_cam, signed_target)
 

@@ -13,11 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._validation import check_choice, check_nonnegative, check_positive_int
 from .. import ops
-from .._common import check_positive_int
 from ..ops import BUDGET_MODES
-from .objectives import (MethodOutput, TrainingMethod, check_choice, check_nonnegative, evaluating,
-                      input_saliency, kl_to, unwrap)
+from .objectives import (MethodOutput, TrainingMethod, evaluating, input_saliency, kl_to, unwrap)
 
 
 class AdversarialTraining(TrainingMethod):
