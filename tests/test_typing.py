@@ -11,48 +11,15 @@ import importlib
 import inspect
 import os
 import pkgutil
-import sys
 from types import ModuleType
-from typing import Any, Dict, Iterator, List, Set, Tuple
-
-import pytest
+from typing import Any, Iterator, List, Set, Tuple
 
 import saliency_fast
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Modules being reworked in parallel (issue 19): their annotations and mypy errors are fixed after
-# that merge. Kept equal to the `ignore_errors = true` override of [tool.mypy] in pyproject.toml
-# (test_pending_modules_match_the_mypy_config). Remove entries as they are fixed.
-PENDING_MODULES = [
-    "saliency_fast.dataset",
-    "saliency_fast.ops",
-    "saliency_fast._reference",
-    "saliency_fast._native",
-    "saliency_fast._common",
-    "saliency_fast.methods",
-    "saliency_fast.train",
-    "saliency_fast.commands.evaluate",
-    "saliency_fast.commands.explain",
-    "saliency_fast.commands.train",
-    "saliency_fast.commands.bench",
-    "saliency_fast.commands._args",
-    "saliency_fast.data",  # data/__init__.py only: its submodules are checked
-]
-# A pending entry covers its submodules too, except for these packages whose __init__ alone is pending.
-PENDING_PACKAGE_INITS_ONLY = {"saliency_fast.data"}
-
 ALSO_PUBLIC = {"_attribute"}
 SKIPPED_MODULES = {"saliency_fast.__main__"}  # importing it runs the CLI
-
-
-def is_pending(module_name: str) -> bool:
-    for pending in PENDING_MODULES:
-        if module_name == pending:
-            return True
-        if module_name.startswith(pending + ".") and pending not in PENDING_PACKAGE_INITS_ONLY:
-            return True
-    return False
 
 
 def is_private_module(module_name: str) -> bool:
@@ -115,11 +82,9 @@ def public_callables(modules: List[ModuleType]) -> Iterator[Tuple[str, Any]]:
                     yield f"{module.__name__}.{name}.{member_name}", function
 
 
-def missing_return_types(modules: List[ModuleType], include_pending: bool = False) -> List[str]:
+def missing_return_types(modules: List[ModuleType]) -> List[str]:
     missing = []
     for qualified_name, function in public_callables(modules):
-        if not include_pending and is_pending(function.__module__):
-            continue
         if "return" not in getattr(function, "__annotations__", {}):
             missing.append(f"{qualified_name} ({function.__module__}:{function.__code__.co_firstlineno})")
     return sorted(set(missing))
@@ -154,25 +119,3 @@ def test_an_unannotated_function_is_reported() -> None:
     assert [m.split(" ")[0] for m in missing] == ["saliency_fast.viz.Shown.method", "saliency_fast.viz.shown"]
     module.__dict__["shown"].__annotations__["return"] = "int"
     assert [m.split(" ")[0] for m in missing_return_types([module])] == ["saliency_fast.viz.Shown.method"]
-
-
-def test_pending_modules_exist() -> None:
-    """An entry for a module that was moved or removed is stale: drop it (or rename it)."""
-    names = {module.__name__ for module in package_modules()}
-    assert [m for m in PENDING_MODULES if m not in names] == []
-
-
-def test_pending_modules_match_the_mypy_config() -> None:
-    tomllib = pytest.importorskip("tomllib")
-    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
-        config: Dict[str, Any] = tomllib.load(f)
-    overrides = config["tool"]["mypy"]["overrides"]
-    ignored = [o for o in overrides if o.get("ignore_errors")]
-    assert len(ignored) == 1, "one override with ignore_errors = true: the modules pending after issue 19"
-    expected = sorted(m + ".*" if m not in PENDING_PACKAGE_INITS_ONLY and _is_package(m) else m
-                      for m in PENDING_MODULES)
-    assert sorted(ignored[0]["module"]) == expected
-
-
-def _is_package(module_name: str) -> bool:
-    return hasattr(sys.modules.get(module_name) or importlib.import_module(module_name), "__path__")
