@@ -4,15 +4,21 @@ embedded digits or on user data; writes the checkpoint, the JSON-lines log, the 
 and a figure of |gradient| maps before and after training."""
 from __future__ import annotations
 
+import argparse
 import ast
 import inspect
 import json
 import os
 import sys
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
+
+if TYPE_CHECKING:  # the CLI imports the training package only when it trains
+    from ..train.objectives import TrainingMethod
 
 # flags shared by several methods: CLI name → keyword argument
 METHOD_FLAGS = {
@@ -60,10 +66,8 @@ EXPLANATION_METHODS = ("res-g", "res-l", "gradia", "haics")
 DIGITS_PRESET = {"epsilon": 0.3, "steps": 3}
 
 
-def add_parser(subparsers) -> None:
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from ..train import OBJECTIVES
-
-    import argparse
 
     described = "\n".join(f"  {name:<7} {METHOD_SUMMARIES.get(name) or _summary(OBJECTIVES[name])}"
                           for name in sorted(OBJECTIVES))
@@ -103,7 +107,7 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def _summary(factory) -> str:
+def _summary(factory: Callable[..., Any]) -> str:
     """The first sentence of a method's docstring (partials: of the class they wrap)."""
     target = getattr(factory, "func", factory)
     line = (inspect.getdoc(target) or target.__name__).split("\n")[0]
@@ -111,13 +115,14 @@ def _summary(factory) -> str:
     return line.rstrip(".") + (f", variant {variant}" if variant else "")
 
 
-def schedule_warnings(method, epochs: int) -> list:
+def schedule_warnings(method: TrainingMethod, epochs: int) -> List[str]:
     """What to tell the user when a schedule (warm-up, ramp) does not fit in the run: the method
     would otherwise train plainly, or never reach its full strength, without a word."""
     if not hasattr(method, "warmup_epochs"):
         return []
-    warmup = method.warmup_epochs or 0
-    ramp = method.ramp_epochs if method.ramp_epochs is not None else max(1, round(0.1 * epochs))
+    scheduled: Any = method  # AdversarialTraining or any objective with its warmup_epochs and ramp_epochs
+    warmup = scheduled.warmup_epochs or 0
+    ramp = scheduled.ramp_epochs if scheduled.ramp_epochs is not None else max(1, round(0.1 * epochs))
     if warmup >= epochs:
         return [f"warmup_epochs={warmup} but the run has {epochs} epoch(s): {args_name(method)} trains plainly "
                 f"(no attack) for the whole run; use --epochs > {warmup} or --warmup-epochs 0"]
@@ -127,11 +132,11 @@ def schedule_warnings(method, epochs: int) -> list:
     return []
 
 
-def args_name(method) -> str:
+def args_name(method: TrainingMethod) -> str:
     return getattr(method, "name", type(method).__name__)
 
 
-def method_kwargs(factory, args) -> dict:
+def method_kwargs(factory: Callable[..., TrainingMethod], args: argparse.Namespace) -> Dict[str, Any]:
     """Keyword arguments for ``factory`` from the flags the user set (unknown ones are an error),
     on top of the digits preset when training on the embedded digits."""
     parameters = inspect.signature(factory).parameters
@@ -155,7 +160,7 @@ def method_kwargs(factory, args) -> dict:
     return chosen
 
 
-def _typed(key: str, value, text: str, parameter):
+def _typed(key: str, value: Any, text: str, parameter: Optional[inspect.Parameter]) -> Any:
     """``value`` checked against the type of flag ``key`` or the parameter's default (a number
     given as text such as ``k=abc`` is refused here, not deep inside the method)."""
     kind = METHOD_FLAGS.get(key)
@@ -175,7 +180,7 @@ def _typed(key: str, value, text: str, parameter):
     return kind(value)
 
 
-def load_data(spec: str, batch_size: int, seed: int):
+def load_data(spec: str, batch_size: int, seed: int) -> Tuple[DataLoader, DataLoader, int, int, int]:
     """(train_loader, test_loader, channels, size, classes)."""
     if spec == "digits":
         from ..data import digits_loaders
@@ -243,13 +248,15 @@ def _labels(array: np.ndarray, name: str, spec: str, count: int) -> torch.Tensor
     return labels
 
 
-def gradient_maps(model, images, labels):
+def gradient_maps(model: nn.Module, images: Tensor, labels: Tensor) -> Tensor:
     from ..methods.gradients import Saliency
 
-    return Saliency(model, abs=True).attribute(images, labels)
+    maps = Saliency(model, abs=True).attribute(images, labels)
+    assert isinstance(maps, Tensor)  # the maps alone: no return_convergence_delta
+    return maps
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from ..models import DigitsCNN
     from ..train import OBJECTIVES, evaluate, fit
     from ..viz import heatmap_grid

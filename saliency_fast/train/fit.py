@@ -38,13 +38,13 @@ class TrainingDiverged(FloatingPointError):
     """The loss became NaN or Inf; the message names the epoch and batch."""
 
 
-class History(list):
+class History(list[Dict[str, Any]]):
     """Per-epoch records (dicts: epoch, loss, accuracy, method terms, val_*, lr, time).
 
     ``history["loss"]`` is the column of one key over the epochs; ``history[-1]`` a record.
     """
 
-    def __getitem__(self, key):
+    def __getitem__(self, key: Any) -> Any:  # a column (key: str) or what list gives
         if isinstance(key, str):
             return [record.get(key) for record in self]
         return super().__getitem__(key)
@@ -70,7 +70,7 @@ class _Distributed(ProcessGroup):
             dist.all_reduce(value, op=dist.ReduceOp.SUM)
         return value
 
-    def average_gradients(self, parameters) -> None:
+    def average_gradients(self, parameters: Iterable[Tensor]) -> None:
         """Average across processes the gradients DDP does not see (an objective's own parameters,
         e.g. RES-L's Φ). The one place they are averaged: objectives never reduce their own."""
         if not self.active:
@@ -135,8 +135,9 @@ def evaluate(model: nn.Module, loader: Iterable, device: Optional[Union[str, tor
 
 
 class _Trainer:
-    def __init__(self, model, method, loader, epochs, optimizer, scheduler, device, amp, progress,
-                 checkpoint_dir, distributed):
+    def __init__(self, model: nn.Module, method: TrainingMethod, loader: Iterable[Any], epochs: int,
+                 optimizer: torch.optim.Optimizer, scheduler: Optional[Any], device: torch.device, amp: bool,
+                 progress: bool, checkpoint_dir: Optional[Union[str, os.PathLike]], distributed: _Distributed) -> None:
         self.model, self.method, self.loader, self.epochs = model, method, loader, epochs
         self.optimizer, self.scheduler, self.device, self.amp = optimizer, scheduler, device, amp
         self.progress, self.distributed = progress, distributed
@@ -144,7 +145,7 @@ class _Trainer:
         self.generators = _loader_generators(loader)
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda")
         self.history = History()
-        self.wrapped = model
+        self.wrapped: nn.Module = model
         self.config = run_config(method, optimizer, scheduler, amp)  # before resume changes anything
         if distributed.active:
             ids = [device.index] if device.type == "cuda" else None
@@ -227,7 +228,7 @@ class _Trainer:
     def train_epoch(self, epoch: int) -> Dict[str, Optional[float]]:
         self.method.epoch_start(epoch, self.epochs)
         sums: Dict[str, Tensor] = defaultdict(lambda: torch.zeros((), dtype=torch.float64, device=self.device))
-        batches = self.loader
+        batches: Any = self.loader  # or tqdm's progress bar over it (tqdm is untyped)
         if self.progress and self.distributed.main:
             from tqdm.auto import tqdm
 
@@ -317,8 +318,10 @@ def fit(model: nn.Module, method: TrainingMethod, train_loader: Iterable, epochs
         distributed.close()  # the trainer, and its DDP wrapper, are gone with _train's frame
 
 
-def _train(model, method, train_loader, epochs, optimizer, val_loader, checkpoint_dir, resume, device, amp, progress,
-           scheduler, distributed: _Distributed) -> History:
+def _train(model: nn.Module, method: TrainingMethod, train_loader: Iterable[Any], epochs: int,
+           optimizer: Optional[torch.optim.Optimizer], val_loader: Optional[Iterable[Any]],
+           checkpoint_dir: Optional[Union[str, os.PathLike]], resume: bool, device: Optional[Union[str, torch.device]],
+           amp: bool, progress: bool, scheduler: Optional[Any], distributed: _Distributed) -> History:
     device = distributed.device(model, device)
     model.to(device)
     method.to(device)
@@ -326,8 +329,8 @@ def _train(model, method, train_loader, epochs, optimizer, val_loader, checkpoin
         optimizer = torch.optim.Adam(list(model.parameters()) + list(method.parameters()), lr=1e-3)
     trainer = _Trainer(model, method, train_loader, epochs, optimizer, scheduler, device, amp, progress,
                        checkpoint_dir, distributed)
-    owner = checkpoint_dir is not None and distributed.main
-    lock = ckpt.FolderLock(checkpoint_dir, "training") if owner else contextlib.nullcontext()
+    lock = (ckpt.FolderLock(checkpoint_dir, "training") if checkpoint_dir is not None and distributed.main
+            else contextlib.nullcontext())
     with lock:
         trainer.clean_folder()
         start_epoch = trainer.resume() if resume else 0
@@ -349,7 +352,8 @@ def _plain(value: Any) -> Any:
     return jsonable(value, _config_leaf)
 
 
-def run_config(method: TrainingMethod, optimizer, scheduler, amp: bool) -> Dict[str, Any]:
+def run_config(method: TrainingMethod, optimizer: torch.optim.Optimizer, scheduler: Optional[Any],
+               amp: bool) -> Dict[str, Any]:
     """The hyper-parameters a resumed run must share with the checkpoint: the method's
     ``config()``, the optimiser's class and per-group settings (lr, betas, weight decay…), the
     scheduler's class and AMP."""
@@ -366,7 +370,7 @@ def config_differences(saved: Optional[Dict[str, Any]], current: Dict[str, Any])
         return []
     differences: List[str] = []
 
-    def walk(old, new, where):
+    def walk(old: Any, new: Any, where: str) -> None:
         if isinstance(old, dict) and isinstance(new, dict):
             for key in sorted(set(old) | set(new)):
                 walk(old.get(key), new.get(key), f"{where}.{key}" if where else key)

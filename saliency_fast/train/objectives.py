@@ -124,7 +124,7 @@ class Plain(TrainingMethod):
 
     name = "plain"
 
-    def loss(self, model, batch, epoch):
+    def loss(self, model: nn.Module, batch: Sequence[Any], epoch: int) -> MethodOutput:
         x, y = batch[0], batch[1]
         logits = model(x)
         ce = F.cross_entropy(logits, y)
@@ -143,7 +143,7 @@ class SaliencyGuided(TrainingMethod):
     name = "sgt"
     FILLS = ("random", "zeros")
 
-    def __init__(self, k: float = 0.5, fill: str = "random", lam: float = 1.0):
+    def __init__(self, k: float = 0.5, fill: str = "random", lam: float = 1.0) -> None:
         if not 0 <= k <= 1:
             raise ValueError(f"k must be in [0, 1], got {k}")
         self.k = float(k)
@@ -159,7 +159,7 @@ class SaliencyGuided(TrainingMethod):
             return ops.masked_random_fill(x, mask, torch.rand_like(x))
         return x.masked_fill(mask.unsqueeze(1), 0.0)
 
-    def loss(self, model, batch, epoch):
+    def loss(self, model: nn.Module, batch: Sequence[Any], epoch: int) -> MethodOutput:
         x, y = batch[0], batch[1]
         masked = self.masked_inputs(model, x, y)
         clean_logits, masked_logits = model(torch.cat([x, masked])).split(x.shape[0])

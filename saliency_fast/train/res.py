@@ -26,7 +26,7 @@ The losses are in :mod:`.res_losses`, the evaluation (IoU, precision, recall, F1
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence, Tuple, Union, cast
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union, cast
 
 import torch
 import torch.nn.functional as F
@@ -79,7 +79,7 @@ class MaskProjector(nn.Module):
     processes (:meth:`RES.parameters`), once, as it does for every objective's own parameters.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(0))
         self.bias = nn.Parameter(torch.empty(0))
@@ -119,7 +119,7 @@ class MaskProjector(nn.Module):
 
 
 # -- the training objectives ----------------------------------------------------------------------
-def check_explanation_batch(batch: Sequence, name: str) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor], Tensor]:
+def check_explanation_batch(batch: Sequence[Any], name: str) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor], Tensor]:
     """(x, y, positive, negative, has_mask) of an explanation-supervision batch, the masks as
     (B, H, W) and ``has_mask`` as one bool per image; a ValueError naming ``name`` otherwise."""
     if len(batch) != 5:
@@ -152,13 +152,13 @@ class ExplanationSupervision(TrainingMethod):
 
     name = "explanation"
 
-    def __init__(self, layer: Layer = None, weight: float = 1.0):
+    def __init__(self, layer: Layer = None, weight: float = 1.0) -> None:
         if layer is not None and not isinstance(layer, (str, nn.Module)):
             raise TypeError(f"layer must be a submodule, its dotted name, or None, got {type(layer).__name__}")
         self.layer = layer
         self.weight = check_nonnegative(weight, "weight")
 
-    def config(self):
+    def config(self) -> Dict[str, Any]:
         config = super().config()
         if isinstance(self.layer, nn.Module):
             config["layer"] = type(self.layer).__name__
@@ -182,12 +182,12 @@ class ExplanationSupervision(TrainingMethod):
         """(L_exp, extra terms to log) from M, F_small and the full-resolution masks."""
         raise NotImplementedError
 
-    def loss(self, model, batch, epoch):
+    def loss(self, model: nn.Module, batch: Sequence[Any], epoch: int) -> MethodOutput:
         x, y, positive, negative, has_mask = check_explanation_batch(batch, type(self).__name__)
         maps, logits = self.maps(model, x, y)
         if maps.dtype in (torch.float16, torch.bfloat16):
             maps = maps.float()  # the explanation losses in float32 under autocast
-        target = signed_target(positive, negative, tuple(maps.shape[-2:])).to(maps.dtype)
+        target = signed_target(positive, negative, (maps.shape[-2], maps.shape[-1])).to(maps.dtype)
         ce = F.cross_entropy(logits, y)
         exp, terms = self.explanation_loss(maps, target, has_mask, positive, negative)
         terms = {"ce": ce.detach(), "exp": exp.detach(), **{k: v.detach() for k, v in terms.items()}}
@@ -199,7 +199,8 @@ class GRADIA(ExplanationSupervision):
 
     name = "gradia"
 
-    def explanation_loss(self, maps, target, has_mask, positive, negative):
+    def explanation_loss(self, maps: Tensor, target: Tensor, has_mask: Tensor, positive: Tensor,
+                         negative: Optional[Tensor]) -> Tuple[Tensor, Dict[str, Tensor]]:
         return gradia_loss(maps, target, has_mask), {}
 
 
@@ -209,11 +210,12 @@ class HAICS(ExplanationSupervision):
     name = "haics"
     FORMS = ("masked", "released")
 
-    def __init__(self, layer: Layer = None, weight: float = 1.0, form: str = "masked"):
+    def __init__(self, layer: Layer = None, weight: float = 1.0, form: str = "masked") -> None:
         super().__init__(layer, weight)
         self.form = check_choice(form, "form", self.FORMS)
 
-    def explanation_loss(self, maps, target, has_mask, positive, negative):
+    def explanation_loss(self, maps: Tensor, target: Tensor, has_mask: Tensor, positive: Tensor,
+                         negative: Optional[Tensor]) -> Tuple[Tensor, Dict[str, Tensor]]:
         return haics_loss(maps, target, has_mask, self.form), {}
 
 
@@ -232,7 +234,7 @@ class RES(ExplanationSupervision):
     VARIANTS = ("G", "L")
 
     def __init__(self, variant: str = "G", eta: float = 0.1, layer: Layer = None, weight: float = 1.0,
-                 reg: float = 0.0):
+                 reg: float = 0.0) -> None:
         super().__init__(layer, weight)
         self.variant = check_choice(str(variant).upper(), "variant", self.VARIANTS)
         self.eta = check_nonnegative(eta, "eta")
@@ -249,20 +251,21 @@ class RES(ExplanationSupervision):
     def projector(self) -> Optional[MaskProjector]:
         return self._projector
 
-    def parameters(self):
+    def parameters(self) -> List[nn.Parameter]:
         return list(self._projector.parameters()) if self._projector is not None else []
 
-    def to(self, device):
+    def to(self, device: torch.device) -> RES:
         if self._projector is not None:
             self._projector.to(device)
         return self
 
-    def state_dict(self):
+    def state_dict(self) -> Dict[str, Any]:
         return {"projector": self._projector.state()} if self._projector is not None else {}
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
         if self._projector is None:
-            return super().load_state_dict(state)
+            super().load_state_dict(state)
+            return
         if "projector" not in state:
             raise ValueError(f"a RES-L checkpoint holds the state of Φ under 'projector'; got keys {sorted(state)}")
         self._projector.load(state["projector"])
@@ -275,7 +278,8 @@ class RES(ExplanationSupervision):
             positive_only = positive_only & ~negative.to(torch.bool)
         return self._projector(positive_only, target.shape[-2:]).to(target.dtype)
 
-    def explanation_loss(self, maps, target, has_mask, positive, negative):
+    def explanation_loss(self, maps: Tensor, target: Tensor, has_mask: Tensor, positive: Tensor,
+                         negative: Optional[Tensor]) -> Tuple[Tensor, Dict[str, Tensor]]:
         align, threshold = align_loss(maps, target, has_mask)
         mapped = self.explanation_target(target, positive, negative)
         cells = cell_weights(target, has_mask)

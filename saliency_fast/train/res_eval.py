@@ -2,18 +2,20 @@
 recall / F1 of the predicted-class Grad-CAM maps against the human masks."""
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Any, Dict, Iterable, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
+from .._common import Target
 from ..methods.gradcam import gradcam_maps
 from .objectives import evaluating, unwrap
 from .res import Layer, check_explanation_batch
 from .res_losses import normalize_cam
 
 
-def explanation_maps(model: nn.Module, x: Tensor, layer: Layer = None, target=None) -> Tuple[Tensor, Tensor]:
+def explanation_maps(model: nn.Module, x: Tensor, layer: Layer = None,
+                     target: Target = None) -> Tuple[Tensor, Tensor]:
     """Evaluation maps (B, h, w): Grad-CAM (no ReLU) of the predicted class (or ``target``) in eval
     mode, min-max normalised; and the logits. Both detached."""
     layer = layer if layer is not None else getattr(unwrap(model), "GRADCAM_LAYER", None)
@@ -24,7 +26,8 @@ def explanation_maps(model: nn.Module, x: Tensor, layer: Layer = None, target=No
     return normalize_cam(cam).detach(), logits.detach()
 
 
-def evaluate_explanations(model: nn.Module, loader, layer: Layer = None, device=None,
+def evaluate_explanations(model: nn.Module, loader: Iterable[Any], layer: Layer = None,
+                          device: Optional[Union[str, torch.device]] = None,
                           threshold: float = 0.5) -> Dict[str, float]:
     """Accuracy over the loader, and IoU / precision / recall / F1 (res.md's protocol, via
     :func:`saliency_fast.metrics.localization`) averaged over the images that carry a non-empty

@@ -7,7 +7,7 @@ after the input gradient → one train-mode forward of [x, x_adv] for the loss.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +41,7 @@ class AdversarialTraining(TrainingMethod):
                  rho: float = 0.1, k: float = 0.5, gamma: float = 1.0, lam: float = 1.0, beta: float = 0.0,
                  attack_loss: str = "kl", objective: str = "kl", warmup_epochs: int = 0,
                  ramp_epochs: Optional[int] = 0, input_range: Tuple[float, float] = (0.0, 1.0),
-                 random_start: bool = True, saliency_reduction: str = "mean"):
+                 random_start: bool = True, saliency_reduction: str = "mean") -> None:
         self.epsilon = check_nonnegative(epsilon, "epsilon")
         self.steps = steps = check_positive_int(steps, "steps")
         self.step_size = 2.5 * self.epsilon / steps if step_size is None else check_nonnegative(step_size, "step_size")
@@ -112,7 +112,7 @@ class AdversarialTraining(TrainingMethod):
             ops.masked_perturb(x, delta, grad.to(x.dtype), budget, step_size, epsilon, low, high)
         return (x + delta).detach()
 
-    def loss(self, model, batch, epoch):
+    def loss(self, model: nn.Module, batch: Sequence[Any], epoch: int) -> MethodOutput:
         x, y = batch[0], batch[1]
         epsilon = self._current_epsilon
         if epsilon == 0.0:  # warm-up: the saliency of an untrained network means nothing
@@ -123,7 +123,7 @@ class AdversarialTraining(TrainingMethod):
         with evaluating(net):
             budget, clean_logits = self.budget_map(net, x, y, epsilon)
             adversarial = self.attack(net, x, y, budget, epsilon, clean_logits)
-        terms = {"epsilon": epsilon, "budget_fraction": (budget > 0).float().mean()}
+        terms: Dict[str, Any] = {"epsilon": epsilon, "budget_fraction": (budget > 0).float().mean()}
         if self.objective == "adversarial":
             logits = model(adversarial)
             ce = F.cross_entropy(logits, y)
@@ -153,7 +153,7 @@ class SCAAT(AdversarialTraining):
                  budget: str = "mass", rho: float = 0.1, k: float = 0.5, gamma: float = 1.0, lam: float = 1.0,
                  attack_loss: str = "kl", warmup_epochs: int = 2, ramp_epochs: Optional[int] = None,
                  input_range: Tuple[float, float] = (0.0, 1.0), beta: float = 0.0, random_start: bool = True,
-                 saliency_reduction: str = "mean"):
+                 saliency_reduction: str = "mean") -> None:
         super().__init__(epsilon, steps, step_size, budget=budget, rho=rho, k=k, gamma=gamma, lam=lam, beta=beta,
                          attack_loss=attack_loss, objective="kl", warmup_epochs=warmup_epochs,
                          ramp_epochs=ramp_epochs, input_range=input_range, random_start=random_start,
@@ -167,7 +167,7 @@ class PGDAT(AdversarialTraining):
 
     def __init__(self, epsilon: float = 8 / 255, steps: int = 5, step_size: Optional[float] = None,
                  input_range: Tuple[float, float] = (0.0, 1.0), warmup_epochs: int = 0,
-                 ramp_epochs: Optional[int] = 0, random_start: bool = True):
+                 ramp_epochs: Optional[int] = 0, random_start: bool = True) -> None:
         super().__init__(epsilon, steps, step_size, budget="uniform", attack_loss="ce", objective="adversarial",
                          warmup_epochs=warmup_epochs, ramp_epochs=ramp_epochs, input_range=input_range,
                          random_start=random_start)
@@ -180,7 +180,7 @@ class TRADES(AdversarialTraining):
 
     def __init__(self, epsilon: float = 8 / 255, steps: int = 5, beta: float = 6.0, step_size: Optional[float] = None,
                  input_range: Tuple[float, float] = (0.0, 1.0), warmup_epochs: int = 0,
-                 ramp_epochs: Optional[int] = 0, random_start: bool = True):
+                 ramp_epochs: Optional[int] = 0, random_start: bool = True) -> None:
         super().__init__(epsilon, steps, step_size, budget="uniform", lam=beta, attack_loss="kl", objective="kl",
                          warmup_epochs=warmup_epochs, ramp_epochs=ramp_epochs, input_range=input_range,
                          random_start=random_start)
