@@ -141,7 +141,8 @@ def one_image_logits(model: Callable[[Tensor], Tensor], inputs: Tensor) -> Tenso
     return model(inputs[:1])
 
 
-def target_from_logits(target: Target, logits: Tensor, batch: Optional[int] = None, device=None) -> Tensor:
+def target_from_logits(target: Target, logits: Tensor, batch: Optional[int] = None,
+                       device: Optional[Union[torch.device, str]] = None) -> Tensor:
     """The (B,) int64 target given the model's (B or 1, classes) logits: None → argmax, an int
     or a tensor of class indices → validated against the class count."""
     if logits.dim() != 2:
@@ -153,7 +154,7 @@ def target_from_logits(target: Target, logits: Tensor, batch: Optional[int] = No
     return check_target_classes(target_tensor(target, batch, device), logits.shape[1])
 
 
-def target_tensor(target: Target, batch: int, device) -> Tensor:
+def target_tensor(target: Target, batch: int, device: Union[torch.device, str]) -> Tensor:
     """A given (not None) target as the (B,) int64 tensor on ``device``, checked in every way but
     against the model's class count (``check_target_classes``, which needs its logits)."""
     target = _target_as_int_or_tensor(target)
@@ -209,7 +210,7 @@ class TargetClassCheck:
             self.seen = True
 
 
-def _target_as_int_or_tensor(target):
+def _target_as_int_or_tensor(target: Target) -> Target:
     """Captum's target forms as an int or an int64 tensor: NumPy integers and arrays, lists and tuples."""
     if isinstance(target, np.integer):
         return int(target)
@@ -297,13 +298,14 @@ class BoundModel(nn.Module):
 
     # Transparent to code that walks the model: its submodules keep the user's names
     # (``named_modules``, ``get_submodule("layer4")``) and its attributes read through.
-    def named_modules(self, memo=None, prefix: str = "", remove_duplicate: bool = True):
+    def named_modules(self, memo: Optional[set[nn.Module]] = None, prefix: str = "",
+                      remove_duplicate: bool = True) -> Iterator[tuple[str, nn.Module]]:
         inner = self.__dict__["_modules"].get("module")
         if inner is not None:
             return inner.named_modules(memo, prefix, remove_duplicate)
         return super().named_modules(memo, prefix, remove_duplicate)
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str) -> Any:
         try:
             return super().__getattr__(name)
         except AttributeError:
@@ -326,8 +328,10 @@ class BoundModel(nn.Module):
     def _arguments(self, count: int) -> tuple:
         if not self._per_example:
             return self.additional_forward_args
-        if self.rows is not None and count == self.rows.shape[0]:
-            return tuple(self._align(arg, lambda a: a.index_select(0, self.rows.to(a.device)))
+        assert self.batch is not None  # _per_example needs a batch size
+        rows = self.rows
+        if rows is not None and count == rows.shape[0]:
+            return tuple(self._align(arg, lambda a: a.index_select(0, rows.to(a.device)))
                          for arg in self.additional_forward_args)
         if count % self.batch == 0:
             copies = count // self.batch
@@ -336,7 +340,7 @@ class BoundModel(nn.Module):
         raise ValueError(f"additional_forward_args hold per-example tensors of {self.batch} rows, which this method "
                          f"cannot align with a model call on {count} inputs; pass arguments that apply to any batch")
 
-    def _align(self, arg, align):
+    def _align(self, arg: Any, align: Callable[[Tensor], Tensor]) -> Any:
         is_row = isinstance(arg, Tensor) and arg.dim() > 0 and arg.shape[0] == self.batch
         return align(arg) if is_row else arg
 

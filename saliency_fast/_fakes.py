@@ -8,7 +8,7 @@ would; scalars are left to the kernels (and to ``ops``, which validates them for
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -50,8 +50,9 @@ def _expect_images(tensor: Tensor, name: str, dtypes: Sequence[torch.dtype] = FL
 
 
 @torch.library.register_fake("saliency_fast::samp_step")
-def _samp_step_fake(point, end, grad, grad_avg, attribution, active, active_count, step_count, rows, bound,
-                    *scalars) -> None:
+def _samp_step_fake(point: Tensor, end: Tensor, grad: Tensor, grad_avg: Tensor, attribution: Tensor,
+                    active: Tensor, active_count: Tensor, step_count: Tensor, rows: Tensor, bound: Tensor,
+                    *scalars: Union[int, float, bool]) -> None:
     """Mutates its inputs in place, allocates nothing."""
     _same_device(**dict(zip(SAMP_STEP_TENSORS, (point, end, grad, grad_avg, attribution, active, active_count,
                                             step_count, rows, bound))))
@@ -72,7 +73,7 @@ def _samp_step_fake(point, end, grad, grad_avg, attribution, active, active_coun
 
 
 @torch.library.register_fake("saliency_fast::perturbation_curve")
-def _perturbation_curve_fake(start, finish, ranks, counts) -> Tensor:
+def _perturbation_curve_fake(start: Tensor, finish: Tensor, ranks: Tensor, counts: Tensor) -> Tensor:
     _same_device(start=start, finish=finish, ranks=ranks, counts=counts)
     _expect_images(start, "start", dtypes=(torch.float16, torch.bfloat16, *FLOATING))
     batch, channels, height, width = start.shape
@@ -84,14 +85,16 @@ def _perturbation_curve_fake(start, finish, ranks, counts) -> Tensor:
 
 
 @torch.library.register_fake("saliency_fast::saliency_budget")
-def _saliency_budget_fake(saliency, mode, epsilon, rho, k, gamma) -> Tensor:  # one tensor: no mix possible
+def _saliency_budget_fake(saliency: Tensor, mode: str, epsilon: float, rho: float, k: float,
+                          gamma: float) -> Tensor:  # one tensor: no mix possible
     torch._check(saliency.dim() == 3, lambda: f"saliency must have shape (B, H, W), got {tuple(saliency.shape)}")
     _expect(saliency, "saliency", dtypes=FLOATING)
     return torch.empty_like(saliency)
 
 
 @torch.library.register_fake("saliency_fast::masked_perturb")
-def _masked_perturb_fake(x, delta, grad, budget, step_size, epsilon, low, high) -> None:
+def _masked_perturb_fake(x: Tensor, delta: Tensor, grad: Tensor, budget: Tensor, step_size: float, epsilon: float,
+                         low: float, high: float) -> None:
     """Mutates delta in place, allocates nothing."""
     _same_device(x=x, delta=delta, grad=grad, budget=budget)
     _expect_images(x, "x")
@@ -103,7 +106,7 @@ def _masked_perturb_fake(x, delta, grad, budget, step_size, epsilon, low, high) 
 
 
 @torch.library.register_fake("saliency_fast::masked_random_fill")
-def _masked_random_fill_fake(x, mask, noise) -> Tensor:
+def _masked_random_fill_fake(x: Tensor, mask: Tensor, noise: Tensor) -> Tensor:
     _same_device(x=x, mask=mask, noise=noise)
     _expect_images(x, "x")
     batch, _, height, width = x.shape

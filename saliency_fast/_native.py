@@ -24,6 +24,7 @@ SOURCE_ROOT = os.path.dirname(PACKAGE_DIR)
 
 _C = None
 _IMPORT_ERROR: str | None = None
+_fallback_warned = False  # warn_fallback_once has warned
 
 
 def running_torch() -> dict:
@@ -159,6 +160,8 @@ def format_build_info() -> str:
 
 
 def warn_fallback_once() -> None:
-    if _C is None and not getattr(warn_fallback_once, "done", False):
-        warn_fallback_once.done = True
+    global _fallback_warned
+    if _C is None and not _fallback_warned:
+        _fallback_warned = True
+        assert _IMPORT_ERROR is not None  # _load sets it whenever it leaves _C unset
         warnings.warn(_IMPORT_ERROR, RuntimeWarning, stacklevel=3)

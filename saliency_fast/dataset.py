@@ -47,20 +47,20 @@ import hashlib
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
 from ._validation import check_positive_int
 from . import attribution_store as store
-from ._common import BoundModel, attribution_mode
+from ._common import BoundModel, Selector, attribution_mode
 from ._distributed import ProcessGroup
 from ._io import CorruptFileError, json_record, tensor_bytes
 from ._lock import FolderInUseError, FolderLock
 from .attribution_store import (FORMAT_VERSION, MANIFEST_NAME, SHARD_PATTERN, STORAGE_DTYPES,  # noqa: F401
                                 AttributionSet, load_attributions)
-from .data.sources import IMAGE_SUFFIXES, PreparedImages, first_image, load_checked, open_source, prepare_image  # noqa: F401
+from .data.sources import IMAGE_SUFFIXES, PreparedImages, Source, first_image, load_checked, open_source, prepare_image  # noqa: F401
 from .methods import AttributionMethod
 from .methods.registry import METHOD_NAMES, build_method, make_method, method_parameters, resolved_options
 
@@ -77,7 +77,8 @@ OutOfMemoryError = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryErro
 # ==============================================================================================
 # the model and the run's identity
 # ==============================================================================================
-def check_model_accepts(model: nn.Module, shape: Tuple[int, ...], where: str, device=None) -> None:
+def check_model_accepts(model: nn.Module, shape: Tuple[int, ...], where: str,
+                        device: Union[str, torch.device, None] = None) -> None:
     """One forward of a zero image of ``shape`` (C, H, W): refuse images the model cannot take,
     or a model that does not return (B, classes) logits, naming ``where`` the images come from."""
     parameter = next((t for t in [*model.parameters(), *model.buffers()]), None)
@@ -120,6 +121,8 @@ class _RunModel(nn.Module):
     """The user's model under autocast and/or channels-last and/or torch.compile, with float32
     logits out, so every method sees an ordinary float32 classifier."""
 
+    _call: Callable[[Tensor], Tensor]  # the model or its compiled form; set past nn.Module (not a submodule)
+
     def __init__(self, model: nn.Module, amp_dtype: Optional[torch.dtype], channels_last: bool, compiled: bool):
         super().__init__()
         self.model = model
@@ -153,14 +156,15 @@ def _set_pass_size(method: AttributionMethod, size: int) -> None:
 class _Runner:
     """Computes the shards of one rank; holds the batch size that last fit in memory."""
 
-    def __init__(self, method, run_model, device, batch_size, storage_dtype, evaluate, progress_bar):
+    def __init__(self, method: AttributionMethod, run_model: nn.Module, device: torch.device, batch_size: int,
+                 storage_dtype: torch.dtype, evaluate: bool, progress_bar: Any) -> None:
         self.method, self.run_model, self.device = method, run_model, device
         self.batch_size, self.storage_dtype, self.evaluate = batch_size, storage_dtype, evaluate
         self.eval_max_batch: Optional[int] = None
         self.progress_bar = progress_bar
 
     # -- one shard -------------------------------------------------------------------------
-    def shard(self, source, index: int, start: int, stop: int, shape) -> dict:
+    def shard(self, source: Source, index: int, start: int, stop: int, shape: Tuple[int, ...]) -> dict:
         outputs: Dict[str, List[Tensor]] = {"maps": [], "targets": [], "deletion_auc": [], "insertion_auc": []}
         indices: List[int] = []
         skipped: List[List] = []
@@ -200,7 +204,8 @@ class _Runner:
             record["targets"] = torch.empty(0, dtype=torch.long)
         return record
 
-    def _valid_items(self, source, start, stop, shape, skipped) -> Iterator[Tuple[int, Tensor]]:
+    def _valid_items(self, source: Source, start: int, stop: int, shape: Tuple[int, ...],
+                     skipped: List[List]) -> Iterator[Tuple[int, Tensor]]:
         for index in range(start, stop):
             image, reason = load_checked(source, index, shape)
             if image is None:
@@ -216,13 +221,16 @@ class _Runner:
         x = images.to(self.device, non_blocking=True)
         with torch.no_grad():
             target = self.run_model(x).argmax(dim=1)
-        maps = self.method.attribute(x, target).detach()
+        attributed = self.method.attribute(x, target)
+        assert isinstance(attributed, Tensor)  # no return_convergence_delta: the maps alone
+        maps = attributed.detach()
         result = {"maps": maps.to(self.storage_dtype).cpu(), "targets": target.cpu()}
         if self.evaluate:
             from .metrics import deletion_insertion
 
             scores = deletion_insertion(self.run_model, x, maps.float(), target=target,
                                         max_batch=self.eval_max_batch, allow_constant=True)
+            assert scores.deletion_auc is not None and scores.insertion_auc is not None  # both paths: the default
             result["deletion_auc"] = scores.deletion_auc.float().cpu()
             result["insertion_auc"] = scores.insertion_auc.float().cpu()
         return result
@@ -251,8 +259,8 @@ class _Runner:
 
 def attribute_dataset(
     model: nn.Module,
-    data,
-    method: str,
+    data: Any,
+    method: Union[str, AttributionMethod],
     out_dir: Union[str, os.PathLike],
     batch_size: int = 64,
     shard_size: int = 1024,
@@ -266,7 +274,7 @@ def attribute_dataset(
     method_options: Optional[Dict[str, Any]] = None,
     dtype: str = "float32",
     progress: bool = True,
-    output=None,
+    output: Selector = None,
 ) -> dict:
     """Attribute every image of ``data`` with ``method`` and store the maps in ``out_dir``.
 
@@ -308,7 +316,8 @@ def attribute_dataset(
         raise ValueError(f"dtype must be one of {tuple(STORAGE_DTYPES)}, got {dtype!r}")
     options = dict(method_options or {})
     if isinstance(method, str) or not hasattr(method, "attribute"):
-        method_name = method.lower() if isinstance(method, str) else method
+        # Any: not a str nor a method object, it reaches method_parameters, which refuses it naming the choices
+        method_name: Any = method.lower() if isinstance(method, str) else method
         parameters = method_parameters(method_name, model, **options)
     else:  # a method object: identified by its class and configuration
         if options or amp or channels_last or compile:
@@ -330,7 +339,7 @@ def attribute_dataset(
                               shard_size, resume, device, amp, channels_last, compile, evaluate, dtype, progress, processes)
     finally:
         if channels_last:  # give the caller's model back in its usual layout
-            model.to(memory_format=torch.contiguous_format)
+            model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]  # stubs omit memory_format
         processes.close()
 
 
@@ -346,8 +355,10 @@ def _own_folder(stack: contextlib.ExitStack, out_dir: Path, purpose: str, proces
         raise refusal if refusal is not None else FolderInUseError(f"rank 0 could not take the lock of {out_dir}")
 
 
-def _attribute(model, source, method, method_name, output, options, parameters, out_dir, batch_size, shard_size,
-               resume, device, amp, channels_last, compile, evaluate, dtype, progress, processes) -> dict:
+def _attribute(model: nn.Module, source: Source, method: Union[str, AttributionMethod], method_name: str,
+               output: Selector, options: Dict[str, Any], parameters: Any, out_dir: Path, batch_size: int,
+               shard_size: int, resume: bool, device: Union[str, torch.device, None], amp: bool, channels_last: bool,
+               compile: bool, evaluate: bool, dtype: str, progress: bool, processes: ProcessGroup) -> dict:
     device = processes.device(model, device)
     model.to(device)
     example = first_image(source)  # its shape is every image's; a CAM method finds its layer on it
@@ -374,7 +385,7 @@ def _attribute(model, source, method, method_name, output, options, parameters, 
     mine = pending[processes.rank :: processes.world]
 
     if channels_last:
-        model.to(memory_format=torch.channels_last)
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # stubs omit memory_format
     selected = BoundModel(model, output)  # logits picked by output=, one row per image checked
     run_model = _RunModel(selected, amp_dtype, channels_last, compile) if (amp or channels_last or compile) else selected
     attribution = build_method(method_name, run_model, options, layers_of=model) if isinstance(method, str) else method
@@ -397,10 +408,15 @@ def _attribute(model, source, method, method_name, output, options, parameters, 
                     "channels_last": bool(channels_last), "compile": bool(compile), "processes": processes.world}
         manifest = store.finish_run(out_dir, manifest, ranges, settings)
     processes.barrier()
-    return manifest if processes.rank == 0 else store.read_manifest(out_dir)
+    if processes.rank == 0:
+        return manifest
+    written = store.read_manifest(out_dir)
+    assert written is not None  # rank 0 wrote it before the barrier
+    return written
 
 
-def _prepare(out_dir: Path, identity: dict, resume: bool, processes: ProcessGroup, source: str, ranges) -> dict:
+def _prepare(out_dir: Path, identity: dict, resume: bool, processes: ProcessGroup, source: str,
+             ranges: List[Tuple[int, int]]) -> dict:
     """Check an existing manifest against this run (every rank, so all raise alike), then let rank 0
     clear or create the folder, drop damaged or foreign shards and write the manifest."""
     stray = store.check_resumable(out_dir, identity, resume)

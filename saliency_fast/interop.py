@@ -71,6 +71,7 @@ def quantus_explain(
     if keywords and not attribution.channel_attributions:
         keywords = {}
     maps = attribution.attribute(batch, targets, output=output, **keywords)
+    assert isinstance(maps, Tensor)  # no return_convergence_delta: the maps alone
     if maps.dim() == 3:
         maps = maps.unsqueeze(1)
     return maps.detach().float().cpu().numpy()

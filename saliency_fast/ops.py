@@ -111,6 +111,7 @@ def samp_step(
     args = (point, end, grad, grad_avg, attribution, active, active_count, step_count, rows, bound, int(k),
             float(momentum), bool(insertion), bool(exact_ties), float(atol), float(rtol), float(tie_tolerance))
     if use_native(point):
+        assert _NATIVE_SAMP_STEP is not None  # use_native means the extension loaded
         _NATIVE_SAMP_STEP(*args)
     else:
         _refuse_grad("samp_step", SAMP_STEP_TENSORS, args)

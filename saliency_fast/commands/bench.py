@@ -8,6 +8,7 @@ else it says so in one line.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from typing import Optional
 SCRIPT = os.path.join("bench", "write_benchmarks.py")
 
 
-def add_parser(subparsers) -> None:
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("bench", help="in a source checkout: run bench/ (pytest-benchmark) and rewrite "
                                    "BENCHMARKS.md")
     parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments, e.g. -k samp")
@@ -35,7 +36,7 @@ def find_checkout(start: str) -> Optional[str]:
         folder = parent
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     root = find_checkout(os.getcwd())
     if root is None:
         raise FileNotFoundError(

@@ -8,16 +8,19 @@ pooling, is reported and left out; named in --methods, it is an error).
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import os
 import time
+from typing import Any, Iterable, Optional
 
 import torch
+from torch import Tensor, nn
 from tqdm import tqdm
 
 from .. import metrics
-from ..methods import SAMP, IntegratedGradients
+from ..methods import SAMP, AttributionMethod, IntegratedGradients
 from ..methods.gradcam import UnsupportedArchitecture
 from ..methods.registry import METHOD_NAMES, make_method
 from ._args import (IMAGE_SIZE_HELP, MODEL_HELP, check_model_accepts, image_preparation, load_images, load_model,
@@ -28,7 +31,7 @@ DEFAULT_METHODS = tuple(n for n in METHOD_NAMES if not n.startswith("samp")) + t
     n for n in METHOD_NAMES if n.startswith("samp"))
 
 
-def add_parser(subparsers) -> None:
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("evaluate", help="compare methods on Deletion/Insertion, Gini and completeness")
     parser.add_argument("--model", default="digits", help=MODEL_HELP)
     parser.add_argument("--weights", help="a state_dict file for the model (loaded with weights_only=True)")
@@ -45,8 +48,8 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def method_options(pairs) -> dict:
-    options: dict = {}
+def method_options(pairs: Iterable[str]) -> dict[str, dict[str, Any]]:
+    options: dict[str, dict[str, Any]] = {}
     for pair in pairs:
         name, separator, rest = pair.partition(".")
         if not separator:
@@ -63,19 +66,25 @@ FORMS_NOTE = (
     "completeness error: |Σ map − (f(x) − f(x'))| / |f(x) − f(x')|; — for methods without a path from a reference x'.")
 
 
-def attribute_with_completeness(method, model, images, target):
+def attribute_with_completeness(method: AttributionMethod, model: nn.Module, images: Tensor,
+                                target: Tensor) -> tuple[Tensor, float]:
     """Maps and their mean completeness error where the method claims completeness (the method's
     own hook: SAMP per path, from the same run; IG against its baseline); NaN for the others."""
     maps, errors = method.attribute_with_completeness(images, target)
     return maps, float("nan") if errors is None else float(errors.mean())
 
 
-def evaluate_method(name, method, model, images, target, pixels_per_step):
+def evaluate_method(name: str, method: AttributionMethod, model: nn.Module, images: Tensor, target: Tensor,
+                    pixels_per_step: Optional[int]) -> tuple[dict[str, Any], list[Tensor]]:
     start = time.perf_counter()
     maps, completeness_error = attribute_with_completeness(method, model, images, target)
     seconds = time.perf_counter() - start
     scores = metrics.deletion_insertion(model, images, maps, target=target, pixels_per_step=pixels_per_step,
                                         allow_constant=True)
+    # both paths (the default) were run: none of their fields is None
+    assert scores.deletion_auc is not None and scores.insertion_auc is not None
+    assert scores.deletion_auc_prob is not None and scores.insertion_auc_prob is not None
+    assert scores.deletion_curve is not None and scores.insertion_curve is not None
     row = {
         "method": name,
         "deletion_auc": float(scores.deletion_auc.mean()),
@@ -90,7 +99,7 @@ def evaluate_method(name, method, model, images, target, pixels_per_step):
     return row, [c.mean(0).cpu() for c in curves]
 
 
-def write_outputs(rows, curves, out):
+def write_outputs(rows: list[dict[str, Any]], curves: dict[str, list[Tensor]], out: str) -> None:
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "results.csv"), "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
@@ -126,7 +135,7 @@ def write_outputs(rows, curves, out):
     plt.close(figure)
 
 
-def format_table(rows) -> str:
+def format_table(rows: list[dict[str, Any]]) -> str:
     lines = ["| method | Deletion ↓ | Insertion ↑ | Deletion (prob AUC) ↓ | Insertion (prob AUC) ↑ | Gini ↑ | "
              "completeness error | ms / image |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
@@ -137,7 +146,7 @@ def format_table(rows) -> str:
     return "\n".join(lines)
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     chosen = args.methods is not None
     names = [n.strip() for n in args.methods.split(",") if n.strip()] if chosen else list(DEFAULT_METHODS)
     unknown = [n for n in names if n not in METHOD_NAMES]
@@ -150,7 +159,8 @@ def run(args) -> int:
     check_model_accepts(model, tuple(images.shape[1:]), f"--images {args.images or 'digits'}", device)
     with torch.no_grad():
         target = model(images).argmax(1)
-    rows, curves = [], {}
+    rows: list[dict[str, Any]] = []
+    curves: dict[str, list[Tensor]] = {}
     for name in tqdm(names, desc="evaluate", unit="method"):
         try:  # a method that cannot explain this architecture refuses at construction or at the call
             method = make_method(name, model, **options.get(name, {}))

@@ -1,6 +1,7 @@
 """`saliency-fast explain`: one method on your model and images → maps (.pt) and a picture."""
 from __future__ import annotations
 
+import argparse
 import os
 import time
 
@@ -12,7 +13,7 @@ from ._args import (IMAGE_SIZE_HELP, MODEL_HELP, check_model_accepts, image_prep
                     parse_device, parse_options)
 
 
-def add_parser(subparsers) -> None:
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("explain", help="explain images with one method; write maps.pt and a PNG grid")
     parser.add_argument("--model", default="digits", help=MODEL_HELP)
     parser.add_argument("--weights", help="a state_dict file for the model (loaded with weights_only=True)")
@@ -28,7 +29,7 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     device = parse_device(args.device)
     model = load_model(args.model, args.weights, args.image_size).to(device)
     images = load_images(args.images, args.model, args.count, *image_preparation(model, args.image_size)).to(device)
@@ -36,6 +37,7 @@ def run(args) -> int:
     method = make_method(args.method, model, **parse_options(args.option))
     start = time.perf_counter()
     maps = method.attribute(images, target=args.target)
+    assert isinstance(maps, torch.Tensor)  # no return_convergence_delta: the maps alone
     seconds = time.perf_counter() - start
     os.makedirs(args.out, exist_ok=True)
     with torch.no_grad():
