@@ -55,7 +55,7 @@ import contextlib
 import copy
 import inspect
 import warnings
-from typing import Any, Callable, Dict, Iterator, Optional, Union
+from typing import Any, Callable, Dict, Iterator, Optional, TypeVar, Union
 
 import numpy as np
 import torch
@@ -83,6 +83,7 @@ from .._validation import check_positive_int
 from ..references import Reference, make_reference
 
 Baselines = Union[None, Reference, int, float]
+MethodT = TypeVar("MethodT", bound="AttributionMethod")
 
 
 class UnsupportedArchitecture(ValueError):
@@ -106,13 +107,13 @@ def pass_size(internal_batch_size: Optional[int], batch_size: Optional[int], met
 class DeprecatedBatchSize:
     """``method.batch_size``: the deprecated name of ``method.internal_batch_size``."""
 
-    def __get__(self, method, owner=None):
+    def __get__(self, method: Optional["AttributionMethod"], owner: Optional[type] = None) -> Any:
         if method is None:
             return self
         warnings.warn("batch_size is deprecated; use internal_batch_size", DeprecationWarning, stacklevel=2)
         return method.internal_batch_size
 
-    def __set__(self, method, value) -> None:
+    def __set__(self, method: "AttributionMethod", value: Optional[int]) -> None:
         warnings.warn("batch_size is deprecated; use internal_batch_size", DeprecationWarning, stacklevel=2)
         method.internal_batch_size = value
 
@@ -134,12 +135,13 @@ class AttributionMethod:
 
     _internal_batch_size: Optional[int] = None
 
-    def __init__(self, model: Union[nn.Module, Callable[..., Any]], output: Selector = None):
+    def __init__(self, model: Union[nn.Module, Callable[..., Any]], output: Selector = None) -> None:
         if not callable(model):
             raise TypeError(f"model must be a callable nn.Module, got {type(model).__name__}")
         if output is not None and (isinstance(output, bool) or not isinstance(output, (int, str)) and not callable(output)):
             raise TypeError(f"output must be None, an int index, a str key or a callable, got {type(output).__name__}")
-        self.model = model
+        # the user's model; during a call (see _calling) the call's copy holds it bound, a BoundModel
+        self.model: Callable[..., Any] = model
         self.output = output
 
     @property
@@ -163,7 +165,7 @@ class AttributionMethod:
         output: Selector = None,
         return_convergence_delta: bool = False,
         reduce_channels: bool = True,
-        **options,
+        **options: Any,
     ) -> Union[Tensor, tuple[Tensor, Tensor]]:
         """The maps ((B, H, W) for images, see the method), and with ``return_convergence_delta``
         (path methods) the pair (maps, delta). The arguments are in the module docstring."""
@@ -189,7 +191,7 @@ class AttributionMethod:
         *,
         output: Selector = None,
         reduce_channels: bool = True,
-        **options,
+        **options: Any,
     ) -> tuple[Tensor, Optional[Tensor]]:
         """``attribute``'s maps and each image's (B,) completeness error
         |Σ A − (f_c(x) − f_c(x'))| / |f_c(x) − f_c(x')| (0 where both sides are 0), or None where
@@ -214,10 +216,11 @@ class AttributionMethod:
         methods decide nothing: the options come back as they are (a CAM method fills ``layer``)."""
         return dict(options)
 
-    def _attribute(self, inputs: Tensor, target: Tensor, **kwargs) -> Tensor:  # pragma: no cover
+    def _attribute(self, inputs: Tensor, target: Tensor) -> Tensor:  # pragma: no cover
         raise NotImplementedError
 
-    def _attribute_with_completeness(self, inputs: Tensor, target: Tensor, **keywords) -> tuple[Tensor, Optional[Tensor]]:
+    def _attribute_with_completeness(self, inputs: Tensor, target: Tensor, **keywords: Any
+                                     ) -> tuple[Tensor, Optional[Tensor]]:
         """(attributions, completeness error or None) from ``_attribute`` and ``completeness_reference``."""
         attributions = self._attribute(inputs, target, **keywords)
         reference = self.completeness_reference(inputs)
@@ -245,14 +248,14 @@ class AttributionMethod:
 
     @contextlib.contextmanager
     def _calling(
-        self,
+        self: MethodT,
         inputs: Tensor,
         target: Target,
         baselines: Baselines = None,
         additional_forward_args: Any = None,
         output: Selector = None,
-        options: Optional[dict] = None,
-    ) -> Iterator[tuple["AttributionMethod", Tensor, Tensor, dict]]:
+        options: Optional[Dict[str, Any]] = None,
+    ) -> Iterator[tuple[MethodT, Tensor, Tensor, Dict[str, Any]]]:
         """Yield (the method for this call, its inputs, the (B,) target, ``_attribute``'s keywords)."""
         if self.needs_gradients:
             check_autograd_available(type(self).__name__)
@@ -262,16 +265,17 @@ class AttributionMethod:
         if baselines is not None:
             if not self.takes_baselines:
                 raise TypeError(self._no_baselines_message())
-            call.baseline = baselines
+            setattr(call, "baseline", baselines)  # a path method's (PathAttributionMethod.baseline)
         model = self.model
         selector = self.output if output is None else output
-        call.model = BoundModel(model, selector, additional_forward_args, inputs.shape[0])
+        bound = BoundModel(model, selector, additional_forward_args, inputs.shape[0])
+        call.model = bound
         if isinstance(model, nn.Module):
             check_model_device(model, inputs)
         with attribution_mode(model) if isinstance(model, nn.Module) else contextlib.nullcontext():
             target = call._resolve_target(inputs, target)
             yield call, inputs, target, keywords
-            check = call.model.target_check
+            check = bound.target_check
             if check is not None and not check.seen:  # no model call checked it: one image does
                 with torch.no_grad():
                     check(one_image_logits(call.model, inputs))
@@ -284,6 +288,7 @@ class AttributionMethod:
         if target is None or not self.checks_target_on_first_call:
             return resolve_target(self.model, inputs, target)
         target = target_tensor(target, inputs.shape[0], inputs.device)
+        assert isinstance(self.model, BoundModel)  # _calling binds the call's model before resolving its target
         self.model.target_check = TargetClassCheck(target)
         return target
 
@@ -298,7 +303,7 @@ class AttributionMethod:
         inputs = inputs.detach()
         return inputs.clone() if inputs.is_inference() else inputs
 
-    def _take_call_options(self, options: dict) -> dict:
+    def _take_call_options(self, options: Dict[str, Any]) -> Dict[str, Any]:
         """Apply per-call overrides of ``call_options`` to this (copied) method; return the rest,
         checked against ``_attribute``'s keywords."""
         overrides = {name: options.pop(name) for name in list(options) if name in self.call_options}
@@ -315,7 +320,7 @@ class AttributionMethod:
                             f"{', ' + ', '.join(accepted) if accepted else ''}")
         return options
 
-    def _set_call_options(self, **options) -> None:
+    def _set_call_options(self, **options: Any) -> None:
         for name, value in options.items():
             setattr(self, name, value)
 
@@ -334,6 +339,11 @@ class PathAttributionMethod(AttributionMethod):
     takes_baselines = True
     has_convergence_delta = True
     channel_attributions = True
+
+    # set by each subclass's __init__; a call's ``baselines=`` replaces ``baseline`` on its copy
+    baseline: Any  # a Reference, a number or an array: checked when resolved, by baseline_for
+    blur_kernel: Optional[int]
+    blur_sigma: float
 
     def baseline_for(self, inputs: Tensor) -> Tensor:
         """The baseline x' (the inputs' shape) that ``attribute(inputs)`` starts its path from."""

@@ -14,7 +14,7 @@ passes of bounded size like Integrated Gradients'.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Any, Dict, Optional
 
 import torch
 from torch import Tensor, nn
@@ -27,7 +27,7 @@ from .gradients import repeats_per_pass
 TRUNCATE = 4.0  # SciPy's gaussian_filter default
 
 
-def _check_positive_number(value, name: str) -> float:
+def _check_positive_number(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     return float(value)
@@ -79,7 +79,7 @@ class BlurIG(AttributionMethod):
         grad_step: float = 0.01,
         sqrt: bool = False,
         internal_batch_size: Optional[int] = None,
-    ):
+    ) -> None:
         super().__init__(model)
         self.max_sigma = _check_positive_number(max_sigma, "max_sigma")
         self.steps = check_positive_int(steps, "steps")
@@ -105,7 +105,7 @@ class BlurIG(AttributionMethod):
         # The σ derivative is a difference of two blurs divided by grad_step: in float32 it would
         # lose about two of its seven digits, so the blurs are computed in float64 (PAIR's dtype).
         exact = inputs.to(torch.float64)
-        options = {"dtype": torch.float64, "device": inputs.device}
+        options: Dict[str, Any] = {"dtype": torch.float64, "device": inputs.device}
         steps = repeats_per_pass(self.internal_batch_size, inputs, self.steps)
         targets = target.repeat(steps)
         total = torch.zeros_like(inputs)

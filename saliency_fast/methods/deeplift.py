@@ -13,7 +13,7 @@ runs on the inputs only, not on the concatenated [inputs, baselines] batch as Ca
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple, Type
 
 import torch
 from torch import Tensor, nn
@@ -26,10 +26,11 @@ from ._base import PathAttributionMethod
 # The modules Captum's DeepLift applies the rescale rule to (its Softmax rule averages over the
 # whole batch, so Softmax modules keep their ordinary gradient here).
 RESCALE_MODULES = (nn.ReLU, nn.ELU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.Softplus)
-MAXPOOL_MODULES = {nn.MaxPool1d: F.max_pool1d, nn.MaxPool2d: F.max_pool2d, nn.MaxPool3d: F.max_pool3d}
+MAXPOOL_MODULES: Dict[Type[nn.Module], Callable[..., Any]] = {
+    nn.MaxPool1d: F.max_pool1d, nn.MaxPool2d: F.max_pool2d, nn.MaxPool3d: F.max_pool3d}
 
 
-def _pool_parameters(module: nn.Module) -> tuple:
+def _pool_parameters(module: nn.Module) -> Tuple[Any, ...]:
     return module.kernel_size, module.stride, module.padding, module.dilation, module.ceil_mode
 
 
@@ -37,12 +38,12 @@ class _Multiplier(torch.autograd.Function):
     """Returns ``out``; the backward hands ``inp`` the incoming gradient times ``multiplier``."""
 
     @staticmethod
-    def forward(ctx, inp, out, multiplier):
+    def forward(ctx: Any, inp: Tensor, out: Tensor, multiplier: Tensor) -> Tensor:
         ctx.save_for_backward(multiplier)
         return out.clone()  # not a view: the model may modify it in place
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx: Any, grad: Tensor) -> Tuple[Tensor, None, None]:
         (multiplier,) = ctx.saved_tensors
         return grad * multiplier, None, None
 
@@ -79,13 +80,14 @@ class _MaxPoolRule(torch.autograd.Function):
     ordinary gradient where |Δin| < eps. Overlapping windows sum (Captum's unpooling keeps one)."""
 
     @staticmethod
-    def forward(ctx, inp, out, delta_in, indices, delta_max, delta_rest, eps):
+    def forward(ctx: Any, inp: Tensor, out: Tensor, delta_in: Tensor, indices: Tensor, delta_max: Tensor,
+                delta_rest: Tensor, eps: float) -> Tensor:
         ctx.save_for_backward(delta_in, indices, delta_max, delta_rest)
         ctx.eps = eps
         return out.clone()
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx: Any, grad: Tensor) -> Tuple[Tensor, None, None, None, None, None, None]:
         delta_in, indices, delta_max, delta_rest = ctx.saved_tensors  # indices: input's, then reference's
 
         def unpool(values: Tensor, where: Tensor) -> Tensor:
@@ -118,6 +120,8 @@ class DeepLift(PathAttributionMethod):
     their contributions (Captum's unpooling keeps one).
     """
 
+    model: nn.Module  # checked by __init__ (its layers get the rule); a BoundModel during a call
+
     def __init__(
         self,
         model: nn.Module,
@@ -125,7 +129,7 @@ class DeepLift(PathAttributionMethod):
         eps: float = 1e-10,
         blur_kernel: Optional[int] = None,
         blur_sigma: float = 5.0,
-    ):
+    ) -> None:
         super().__init__(model)
         if not isinstance(model, nn.Module):
             raise TypeError(f"DeepLift needs an nn.Module (its layers get the rescale rule), got {type(model).__name__}")
@@ -139,18 +143,19 @@ class DeepLift(PathAttributionMethod):
     def _forward(self, x: Tensor) -> Tensor:
         return self.model(x)
 
-    def _rule_modules(self):
+    def _rule_modules(self) -> List[nn.Module]:
         return [m for m in self.model.modules() if isinstance(m, RESCALE_MODULES) or type(m) in MAXPOOL_MODULES]
 
-    def _reference_activations(self, baseline: Tensor) -> dict:
+    def _reference_activations(self, baseline: Tensor) -> Dict[nn.Module, List[List[Tensor]]]:
         """Each rule module's (input, output) per call, on the baseline, without autograd."""
-        recorded = {}
+        recorded: Dict[nn.Module, List[List[Tensor]]] = {}
 
-        def before(module, args):  # kept before the module runs: in-place activations overwrite it
+        # kept before the module runs: in-place activations overwrite it
+        def before(module: nn.Module, args: Tuple[Any, ...]) -> Optional[Tuple[Tensor]]:
             recorded.setdefault(module, []).append([args[0].detach().clone()])
             return (args[0].clone(),) if getattr(module, "inplace", False) else None  # spare the caller's tensor
 
-        def record(module, args, output):
+        def record(module: nn.Module, args: Tuple[Any, ...], output: Tensor) -> None:
             recorded[module][-1].append(output.detach())
             if type(module) in MAXPOOL_MODULES:  # the reference's argmax, computed once
                 inp_ref = recorded[module][-1][0]
@@ -173,13 +178,13 @@ class DeepLift(PathAttributionMethod):
         shared = not getattr(self.model, "per_example_arguments", False) and bool((baseline == baseline[:1]).all())
         reference = self._reference_activations(baseline[:1] if shared else baseline)
         calls = {module: iter(records) for module, records in reference.items()}
-        saved_inputs = {}
+        saved_inputs: Dict[nn.Module, Tensor] = {}
 
-        def before(module, args):
+        def before(module: nn.Module, args: Tuple[Any, ...]) -> Optional[Tuple[Tensor]]:
             saved_inputs[module] = args[0]
             return (args[0].clone(),) if getattr(module, "inplace", False) else None
 
-        def apply_rule(module, args, output):
+        def apply_rule(module: nn.Module, args: Tuple[Any, ...], output: Tensor) -> Tensor:
             try:
                 inp_ref, out_ref, *indices_ref = next(calls[module])
             except (KeyError, StopIteration):

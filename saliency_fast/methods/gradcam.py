@@ -24,12 +24,15 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
 from .._common import Target, target_from_logits
 from ._base import AttributionMethod, UnsupportedArchitecture
 
 Layer = Union[str, nn.Module]
 ReshapeTransform = Callable[[Tensor], Tensor]
+ReshapeOption = Union[None, str, ReshapeTransform]  # a transform, or its name in RESHAPE_TRANSFORMS
+Record = Tuple[str, nn.Module, Tensor]  # (a submodule's dotted name, the submodule, its output)
 logger = logging.getLogger(__name__)
 
 
@@ -72,7 +75,7 @@ class ViTReshape:
     dropped and the N patch tokens laid out row by row, as pytorch-grad-cam's vit_reshape_transform.
     """
 
-    def __init__(self, prefix_tokens: int = 1):
+    def __init__(self, prefix_tokens: int = 1) -> None:
         if isinstance(prefix_tokens, bool) or not isinstance(prefix_tokens, int) or prefix_tokens < 0:
             raise ValueError(f"prefix_tokens must be an int >= 0, got {prefix_tokens!r}")
         self.prefix_tokens = prefix_tokens
@@ -92,7 +95,7 @@ class ViTReshape:
     def __repr__(self) -> str:
         return f"ViTReshape(prefix_tokens={self.prefix_tokens})"
 
-    def __eq__(self, other) -> bool:
+    def __eq__(self, other: object) -> bool:
         return isinstance(other, ViTReshape) and other.prefix_tokens == self.prefix_tokens
 
     def __hash__(self) -> int:
@@ -103,7 +106,7 @@ vit_reshape_transform = ViTReshape(prefix_tokens=1)
 RESHAPE_TRANSFORMS = {"vit": vit_reshape_transform}
 
 
-def resolve_reshape_transform(value) -> Optional[ReshapeTransform]:
+def resolve_reshape_transform(value: ReshapeOption) -> Optional[ReshapeTransform]:
     """None, a callable (B, ...) → (B, K, h, w), or a name from ``RESHAPE_TRANSFORMS`` ("vit")."""
     if value is None or callable(value):
         return value
@@ -112,7 +115,7 @@ def resolve_reshape_transform(value) -> Optional[ReshapeTransform]:
     raise ValueError(f"reshape_transform must be None, a callable or one of {sorted(RESHAPE_TRANSFORMS)}, got {value!r}")
 
 
-def _spatial(output, reshape_transform: Optional[ReshapeTransform]) -> Tensor:
+def _spatial(output: Any, reshape_transform: Optional[ReshapeTransform]) -> Tensor:
     """The layer output as a (B, K, h, w) map (after ``reshape_transform``); raise if it is not one."""
     mapped = reshape_transform(output) if reshape_transform is not None and isinstance(output, Tensor) else output
     if not isinstance(mapped, Tensor) or mapped.dim() != 4:
@@ -135,13 +138,13 @@ class _ActivationCapture:
     cannot change the recorded activations (Captum clones for the same reason).
     """
 
-    def __init__(self, module: nn.Module, reshape_transform: Optional[ReshapeTransform] = None):
+    def __init__(self, module: nn.Module, reshape_transform: Optional[ReshapeTransform] = None) -> None:
         self.activation: Tensor | None = None
         self.calls = 0
         self.reshape_transform = reshape_transform
         self.handle = module.register_forward_hook(self._hook)
 
-    def _hook(self, module: nn.Module, args, output):
+    def _hook(self, module: nn.Module, args: Any, output: Any) -> Tensor:
         _spatial(output, self.reshape_transform)  # fail early, naming the shape
         self.calls += 1
         activation = output if output.requires_grad else output.detach().requires_grad_(True)
@@ -149,7 +152,8 @@ class _ActivationCapture:
         return activation.clone()
 
 
-def _forward_capturing(model, inputs: Tensor, module: nn.Module, reshape_transform) -> Tuple[Tensor, Tensor]:
+def _forward_capturing(model: Callable[..., Any], inputs: Tensor, module: nn.Module,
+                       reshape_transform: Optional[ReshapeTransform]) -> Tuple[Tensor, Tensor]:
     """One forward pass: (the layer's raw output, the logits)."""
     capture = _ActivationCapture(module, reshape_transform)
     try:
@@ -162,6 +166,7 @@ def _forward_capturing(model, inputs: Tensor, module: nn.Module, reshape_transfo
     if not isinstance(logits, Tensor) or logits.dim() != 2:
         shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
         raise ValueError(f"the model must return logits of shape (B, classes), got {shape}")
+    assert capture.activation is not None  # the hook ran once (checked above), recording it
     return capture.activation, logits
 
 
@@ -242,23 +247,25 @@ def _is_map(tensor: Tensor, batch: int) -> bool:
     return isinstance(tensor, Tensor) and tensor.dim() == 4 and tensor.shape[0] == batch and tensor.shape[2] * tensor.shape[3] > 1
 
 
-def _maps_under(transform, output, batch: int) -> bool:
+def _maps_under(transform: ReshapeTransform, output: Tensor, batch: int) -> bool:
     try:
         return _is_map(transform(output), batch)
     except Exception:  # the transform does not apply to this output: not a candidate
         return False
 
 
-def _run_recording(model: nn.Module, inputs: Tensor) -> Tuple[List[Tuple[str, nn.Module, Tensor]], Tensor]:
+def _run_recording(model: nn.Module, inputs: Tensor) -> Tuple[List[Record], Tensor]:
     """Forward ``inputs`` (made to require grad, so every layer's output is in the graph), recording
     each submodule's tensor output in the order the modules finish; modules called more than
     once are left out (their output is ambiguous)."""
-    records, calls, handles = [], Counter(), []
+    records: List[Record] = []
+    calls: Counter[str] = Counter()
+    handles: List[RemovableHandle] = []
     for name, module in model.named_modules():
         if not name:
             continue
 
-        def hook(module, args, output, name=name):
+        def hook(module: nn.Module, args: Any, output: Any, name: str = name) -> None:
             calls[name] += 1
             if isinstance(output, Tensor) and output.requires_grad:
                 records.append((name, module, output))
@@ -277,7 +284,7 @@ def find_cam_layer(
     model: nn.Module,
     inputs: Tensor,
     target: Target = None,
-    reshape_transform=None,
+    reshape_transform: ReshapeOption = None,
 ) -> Tuple[str, Optional[ReshapeTransform]]:
     """The layer a CAM method explains when ``layer=None``, and the reshape transform it needs.
 
@@ -338,13 +345,15 @@ class _LayerCAM(AttributionMethod):
     learned_attributes = ("layer", "reshape_transform")  # layer=None: found once, at the first call
 
     method_name = "CAM"
+    model: nn.Module  # checked by __init__ (layer hooks need a module); a BoundModel during a call
 
     def __init__(self, model: nn.Module, layer: Optional[Layer] = None, relu: bool = True, upsample: bool = True,
-                 reshape_transform=None):
+                 reshape_transform: ReshapeOption = None) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module for {self.method_name} (layer hooks), got {type(model).__name__}")
         super().__init__(model)
-        self.layer = None if layer is None else resolve_layer(model, layer)  # fail at construction on a bad name
+        # a name is resolved now, to fail at construction on a bad one
+        self.layer: Optional[nn.Module] = None if layer is None else resolve_layer(model, layer)
         self.reshape_transform = resolve_reshape_transform(reshape_transform)
         self.relu = bool(relu)
         self.upsample = bool(upsample)
@@ -370,6 +379,7 @@ class _LayerCAM(AttributionMethod):
         probe = cls(model, **{**resolved, "upsample": False})
         device = next((t.device for t in list(model.parameters()) + list(model.buffers())), example.device)
         probe.attribute(example[None].to(device))  # finds (and logs) the layer as the method itself would
+        assert probe.layer is not None  # the call found it (or raised)
         resolved["layer"] = layer_name(model, probe.layer)
         if probe.reshape_transform is not None and resolved.get("reshape_transform") is None:
             found = probe.reshape_transform
@@ -418,6 +428,7 @@ class GradCAM(_LayerCAM):
     method_name = "GradCAM"
 
     def _layer_map(self, inputs: Tensor, target: Tensor) -> Tensor:
+        assert self.layer is not None  # _attribute ran _ensure_layer
         cam, _ = gradcam_maps(self.model, inputs, target, self.layer, relu=False, reshape_transform=self.reshape_transform)
         return cam
 
@@ -430,6 +441,7 @@ class GradCAMPlusPlus(_LayerCAM):
     method_name = "GradCAMPlusPlus"
 
     def _layer_map(self, inputs: Tensor, target: Tensor) -> Tensor:
+        assert self.layer is not None  # _attribute ran _ensure_layer
         activation, grad, _ = layer_gradients(self.model, inputs, target, self.layer, self.reshape_transform)
         weights = gradcam_plus_plus_weights(activation.detach(), grad)
         return (weights[:, :, None, None] * activation.detach()).sum(dim=1)
@@ -454,18 +466,19 @@ class CAM(_LayerCAM):
     method_name = "CAM"
 
     def __init__(self, model: nn.Module, layer: Optional[Layer] = None, fc: Optional[Layer] = None,
-                 relu: bool = False, upsample: bool = True, reshape_transform=None):
+                 relu: bool = False, upsample: bool = True, reshape_transform: ReshapeOption = None) -> None:
         super().__init__(model, layer, relu, upsample, reshape_transform)
         if fc is None:
             linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
             if not linears:
                 raise UnsupportedArchitecture("CAM needs a final nn.Linear layer after global average pooling; the model has none "
                                  "(use GradCAM for other architectures)")
-            self.fc = linears[-1]
+            self.fc: nn.Linear = linears[-1]
         else:
-            self.fc = resolve_layer(model, fc)
-            if not isinstance(self.fc, nn.Linear):
-                raise ValueError(f"fc must name an nn.Linear layer, got {type(self.fc).__name__}")
+            named = resolve_layer(model, fc)
+            if not isinstance(named, nn.Linear):
+                raise ValueError(f"fc must name an nn.Linear layer, got {type(named).__name__}")
+            self.fc = named
 
     def _find_layer(self, inputs: Tensor, target: Tensor) -> Tuple[str, Optional[ReshapeTransform]]:
         pooled, logits, records = self._run_pooled(inputs, record=True)
@@ -480,11 +493,12 @@ class CAM(_LayerCAM):
                          f"layer ({type(self.fc).__name__} with {self.fc.in_features} inputs); this model has none. "
                          "Use GradCAM or GradCAMPlusPlus for other architectures, or pass layer= and fc=")
 
-    def _run_pooled(self, inputs: Tensor, record: bool = False):
+    def _run_pooled(self, inputs: Tensor, record: bool = False) -> Tuple[Tensor, Tensor, List[Record]]:
         """Forward with a hook on ``fc``: (fc's input, the logits, the recorded layer outputs)."""
         seen: List[Tuple[Tensor, Tensor]] = []
         handle = self.fc.register_forward_hook(lambda module, args, output: seen.append((args[0], output)))
         try:
+            records: List[Record]
             if record:
                 records, logits = _run_recording(self.model, inputs)
             else:
@@ -514,6 +528,7 @@ class CAM(_LayerCAM):
 
     def _layer_map(self, inputs: Tensor, target: Tensor) -> Tensor:
         module = self.layer
+        assert module is not None  # _attribute ran _ensure_layer
         capture = _ActivationCapture(module, self.reshape_transform)
         try:
             with torch.no_grad():
@@ -522,6 +537,7 @@ class CAM(_LayerCAM):
             capture.handle.remove()
         if capture.calls != 1:
             raise ValueError(f"layer ran {capture.calls} times in one forward pass; pick a layer the model calls exactly once")
+        assert capture.activation is not None  # the hook ran once (checked above), recording it
         activation = _spatial(capture.activation.detach(), self.reshape_transform)
         if activation.shape[1] != self.fc.in_features or not self._averages_to(activation, pooled):
             raise UnsupportedArchitecture(f"CAM: the global average of the layer's output {tuple(activation.shape)} is not the input "

@@ -93,11 +93,11 @@ class Saliency(AttributionMethod):
     channel_attributions = True
     call_options = ("abs",)
 
-    def __init__(self, model: nn.Module, abs: bool = False, output: Selector = None):
+    def __init__(self, model: nn.Module, abs: bool = False, output: Selector = None) -> None:
         super().__init__(model, output)
         self.abs = bool(abs)
 
-    def _set_call_options(self, abs: bool) -> None:
+    def _set_call_options(self, abs: bool) -> None:  # type: ignore[override]  # gets only its call_options
         self.abs = bool(abs)
 
     def _attribute(self, inputs: Tensor, target: Tensor) -> Tensor:
@@ -141,6 +141,8 @@ class IntegratedGradients(PathAttributionMethod):
     any_input_shape = True
     streams_passes = True
     call_options = ("n_steps", "method", "internal_batch_size")
+    n_steps: int
+    method: str
 
     def __init__(
         self,
@@ -152,7 +154,7 @@ class IntegratedGradients(PathAttributionMethod):
         blur_kernel: Optional[int] = None,
         blur_sigma: float = 5.0,
         output: Selector = None,
-    ):
+    ) -> None:
         super().__init__(model, output)
         self.baseline = baseline
         self._set_call_options(n_steps, method, internal_batch_size)
@@ -161,8 +163,8 @@ class IntegratedGradients(PathAttributionMethod):
         self.blur_kernel = blur_kernel
         self.blur_sigma = blur_sigma
 
-    def _set_call_options(self, n_steps: Optional[int] = None, method: Optional[str] = None,
-                          internal_batch_size: Optional[int] = -1) -> None:
+    def _set_call_options(self, n_steps: Optional[int] = None,  # type: ignore[override]  # gets only its call_options
+                          method: Optional[str] = None, internal_batch_size: Optional[int] = -1) -> None:
         """The quadrature and pass size; a call's ``n_steps`` / ``method`` / ``internal_batch_size``
         (Captum's per-call arguments) override the constructor's."""
         self.n_steps = check_positive_int(self.n_steps if n_steps is None else n_steps, "n_steps")
@@ -233,7 +235,7 @@ class SmoothGrad(AttributionMethod):
         abs: bool = False,
         output: Selector = None,
         internal_batch_size: Optional[int] = None,
-    ):
+    ) -> None:
         super().__init__(model, output)
         self.n_samples = check_positive_int(n_samples, "n_samples")
         if not (isinstance(stdev, (int, float)) and np.isfinite(stdev) and stdev >= 0):

@@ -115,7 +115,7 @@ class GuidedIG(PathAttributionMethod):
         blur_kernel: Optional[int] = None,
         blur_sigma: float = 5.0,
         output: Selector = None,
-    ):
+    ) -> None:
         super().__init__(model, output)
         self.x_steps = check_positive_int(x_steps, "x_steps")
         if not (isinstance(max_dist, (int, float)) and 0.0 <= max_dist <= 1.0):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import warnings
 
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -35,7 +35,7 @@ QUICKSHIFT = {"kernel_size": 4, "max_dist": 200, "ratio": 0.2}
 SLIC = {"n_segments": 50, "compactness": 10.0, "start_label": 0}
 
 
-def _lasso(alpha: float):
+def _lasso(alpha: float) -> Any:  # sklearn.linear_model.Lasso (scikit-learn ships no type information)
     try:
         from sklearn.linear_model import Lasso
     except ImportError as error:
@@ -99,7 +99,7 @@ class LIME(AttributionMethod):
         score: str = "logit",
         batch_size: Optional[int] = None,
         internal_batch_size: Optional[int] = None,
-    ):
+    ) -> None:
         super().__init__(model)
         self.n_samples = check_positive_int(n_samples, "n_samples")
         if segmentation not in SEGMENTATIONS:

@@ -13,6 +13,8 @@ outgoing one by a, so one backward pass propagates the relevance of the whole ba
 """
 from __future__ import annotations
 
+from typing import Any, Dict, List, Optional, Tuple
+
 import torch
 from torch import Tensor, nn
 
@@ -30,12 +32,12 @@ class _ScaleGradient(torch.autograd.Function):
     """Identity forward; the backward multiplies the gradient by ``scale``."""
 
     @staticmethod
-    def forward(ctx, x, scale):
+    def forward(ctx: Any, x: Tensor, scale: Tensor) -> Tensor:
         ctx.save_for_backward(scale)
         return x.clone()
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx: Any, grad: Tensor) -> Tuple[Tensor, None]:
         (scale,) = ctx.saved_tensors
         return grad * scale, None
 
@@ -44,11 +46,11 @@ class _PassThrough(torch.autograd.Function):
     """Returns ``out``; the backward hands the incoming gradient to ``inp`` unchanged."""
 
     @staticmethod
-    def forward(ctx, inp, out):
+    def forward(ctx: Any, inp: Tensor, out: Tensor) -> Tensor:
         return out.clone()
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx: Any, grad: Tensor) -> Tuple[Tensor, None]:
         return grad, None
 
 
@@ -69,8 +71,9 @@ class LRP(AttributionMethod):
     """
 
     channel_attributions = True
+    model: nn.Module  # checked by __init__ (its layers get the rules); a BoundModel during a call
 
-    def __init__(self, model: nn.Module, epsilon: float = 1e-9):
+    def __init__(self, model: nn.Module, epsilon: float = 1e-9) -> None:
         super().__init__(model)
         if not isinstance(model, nn.Module):
             raise TypeError(f"LRP needs an nn.Module (its layers get the propagation rules), got {type(model).__name__}")
@@ -82,7 +85,7 @@ class LRP(AttributionMethod):
     def _forward(self, x: Tensor) -> Tensor:
         return self.model(x)
 
-    def _rule_layers(self) -> list:
+    def _rule_layers(self) -> List[nn.Module]:
         leaves = [m for m in self.model.modules() if next(m.children(), None) is None]
         unknown = sorted({type(m).__name__ for m in leaves
                           if not isinstance(m, EPSILON_LAYERS + PASS_THROUGH_ACTIVATIONS + RESHAPING)})
@@ -95,16 +98,16 @@ class LRP(AttributionMethod):
 
     def _attribute(self, inputs: Tensor, target: Tensor) -> Tensor:
         """The (B, C, H, W) relevance (summed to (B, H, W) maps unless ``reduce_channels=False``)."""
-        saved_inputs = {}
+        saved_inputs: Dict[nn.Module, List[Tensor]] = {}
 
-        def before(module, args):
+        def before(module: nn.Module, args: Tuple[Any, ...]) -> Optional[Tuple[Tensor]]:
             inp = args[0]
             saved_inputs.setdefault(module, []).append(inp)
             if isinstance(module, EPSILON_LAYERS):  # the input side: gradient × a
                 return (_ScaleGradient.apply(inp, inp.detach()),)
             return (inp.clone(),) if getattr(module, "inplace", False) else None
 
-        def after(module, args, output):
+        def after(module: nn.Module, args: Tuple[Any, ...], output: Tensor) -> Tensor:
             inp = saved_inputs[module].pop()
             if isinstance(module, PASS_THROUGH_ACTIVATIONS):
                 return _PassThrough.apply(inp, output)

@@ -8,7 +8,7 @@ method's own ``resolved_options`` hook, so the record names the layer used.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple, Type
 
 from torch import Tensor, nn
 
@@ -28,7 +28,7 @@ from .xrai import XRAI
 __all__ = ["METHOD_NAMES", "make_method", "build_method", "method_parameters", "resolved_options"]
 
 # name → (class, defaults layered under the user's options)
-_METHODS: Dict[str, Tuple[type, Dict[str, Any]]] = {
+_METHODS: Dict[str, Tuple[Type[AttributionMethod], Dict[str, Any]]] = {
     "samp": (SAMP, {}),
     "samp++": (SAMP, {"n_frag": 50, "momentum": 0.5}),  # exactly SAMP.plus
     "ig": (IntegratedGradients, {}),
@@ -49,7 +49,7 @@ _METHODS: Dict[str, Tuple[type, Dict[str, Any]]] = {
 METHOD_NAMES = tuple(_METHODS)
 
 
-def _method_entry(name: str) -> Tuple[type, Dict[str, Any]]:
+def _method_entry(name: str) -> Tuple[Type[AttributionMethod], Dict[str, Any]]:
     if not isinstance(name, str) or name.lower() not in _METHODS:
         raise ValueError(f"method must be one of {', '.join(METHOD_NAMES)}, got {name!r}")
     return _METHODS[name.lower()]
@@ -65,7 +65,7 @@ def resolved_options(name: str, model: nn.Module, options: Dict[str, Any],
     return cls.resolved_options(model, options, example)
 
 
-def method_parameters(name: str, model: Optional[nn.Module] = None, **options) -> Dict[str, Any]:
+def method_parameters(name: str, model: Optional[nn.Module] = None, **options: Any) -> Dict[str, Any]:
     """Every constructor parameter of method ``name`` with the defaults filled in (JSON-safe): the
     record the manifest keeps, so that changing any option is detected on resume."""
     cls, defaults = _method_entry(name)
@@ -85,7 +85,7 @@ def method_parameters(name: str, model: Optional[nn.Module] = None, **options) -
     return {k: json_record(v) for k, v in bound.arguments.items() if k not in ("self", "model")}
 
 
-def make_method(name: str, model: nn.Module, **options) -> AttributionMethod:
+def make_method(name: str, model: nn.Module, **options: Any) -> AttributionMethod:
     """The attribution method called ``name`` on ``model``.
 
     Names: samp, samp++ (SAMP.plus: n_frag=50, momentum=0.5), ig, saliency, inputxgradient,

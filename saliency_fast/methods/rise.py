@@ -14,7 +14,7 @@ size; only the target class's score is kept.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 import torch
@@ -91,7 +91,7 @@ class RISE(AttributionMethod):
         score: str = "probability",
         batch_size: Optional[int] = None,
         internal_batch_size: Optional[int] = None,
-    ):
+    ) -> None:
         super().__init__(model)
         self.n_masks = check_positive_int(n_masks, "n_masks")
         self.grid_size = check_positive_int(grid_size, "grid_size")
@@ -114,7 +114,8 @@ class RISE(AttributionMethod):
         shift_columns = torch.randint(0, math.ceil(width / s), (self.n_masks, 1), generator=generator)
         return grid, torch.cat([shift_rows, shift_columns], dim=1)
 
-    def masks_for(self, height: int, width: int, dtype=torch.float64, device=None) -> Tensor:
+    def masks_for(self, height: int, width: int, dtype: torch.dtype = torch.float64,
+                  device: Union[str, torch.device, None] = None) -> Tensor:
         """The (N, H, W) masks for images of this size (cached per size, dtype and device)."""
         key = (height, width, dtype, str(device))
         if key not in self._cache:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -61,6 +61,8 @@ class PathResult:
     @property
     def completeness_error(self) -> Tensor:
         """|Σ A − (f_c(x) − f_c(r))| / |f_c(x) − f_c(r)| per image (0 where both sides are 0)."""
+        if self.input_score is None or self.reference_score is None:
+            raise TypeError("completeness_error needs the path's scores; run attribute_paths(..., scores=True)")
         return relative_completeness_error(self.attribution, self.input_score - self.reference_score)
 
 
@@ -68,7 +70,7 @@ class PathResult:
 class SAMPResult:
     attribution: Tensor  # (B, H, W) the final map (reduced, normalised as configured)
     raw: Tensor  # (B, H, W) the reduced map before the final min–max
-    paths: dict  # name → PathResult
+    paths: Dict[str, PathResult]  # name → PathResult
     target: Tensor  # (B,) the explained class
 
     @property
@@ -102,7 +104,7 @@ class _HostCounts:
     namespace used (``device``, ``current_stream``, ``Event``, ``pinned_like``).
     """
 
-    def __init__(self, count: Tensor, cuda=_CudaCalls):
+    def __init__(self, count: Tensor, cuda: Any = _CudaCalls) -> None:
         self.count = count
         self.on_cpu = count.device.type == "cpu"
         if self.on_cpu:
@@ -112,7 +114,7 @@ class _HostCounts:
             with cuda.device(count.device):  # pinning and events on count's device
                 self.buffers = [cuda.pinned_like(count) for _ in range(2)]
                 self.events = [cuda.Event(), cuda.Event()]
-            self.latest = None
+            self.latest: Optional[int] = None
             self.snapshot()
             self.snapshot()
 
@@ -130,6 +132,7 @@ class _HostCounts:
         """Indices of images that may still have pixels to move."""
         if self.on_cpu:
             return self.count_view.nonzero()[0]  # the method: np.flatnonzero costs 4× more
+        assert self.latest is not None  # __init__ took two snapshots
         older = 1 - self.latest  # taken a step ago: normally finished already
         self.events[older].synchronize()
         return np.flatnonzero(self.buffers[older].numpy())
@@ -175,7 +178,7 @@ class SAMP(AttributionMethod):
         ties: str = "include",
         max_steps: Optional[int] = None,
         tie_tolerance: float = 0.0,
-    ):
+    ) -> None:
         super().__init__(model)
         self.pixels_per_step = _check_pixels_per_step(pixels_per_step)
         if n_frag is not None and (isinstance(n_frag, bool) or not isinstance(n_frag, int) or n_frag < 1):
@@ -210,13 +213,13 @@ class SAMP(AttributionMethod):
         self.max_steps = max_steps
 
     @classmethod
-    def plus(cls, model, **overrides) -> "SAMP":
+    def plus(cls, model: Union[nn.Module, Callable[[Tensor], Tensor]], **overrides: Any) -> "SAMP":
         """SAMP++ = SAMP + IC (n_frag = 50) + MS (momentum = 0.5)."""
         return cls(model, **{"n_frag": 50, "momentum": 0.5, **overrides})
 
     # -- public API ---------------------------------------------------------------------
     def attribute_paths(self, inputs: Tensor, target: Target = None, scores: bool = True, *,
-                        additional_forward_args=None, output: Selector = None) -> SAMPResult:
+                        additional_forward_args: Any = None, output: Selector = None) -> SAMPResult:
         """The map plus the raw per-path maps, steps, model calls and (with ``scores``) the
         scores of the inputs and references, which completeness checks need (one extra forward)."""
         with self._calling(inputs, target, None, additional_forward_args, output) as (call, inputs, target, _):
@@ -238,7 +241,9 @@ class SAMP(AttributionMethod):
     def _attribute(self, inputs: Tensor, target: Tensor) -> Tensor:
         return self._attribute_paths(inputs, target, scores=False).attribution
 
-    def _attribute_with_completeness(self, inputs: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    # SAMP's _attribute takes no keywords, so _take_call_options leaves none to pass here
+    def _attribute_with_completeness(self, inputs: Tensor, target: Tensor  # type: ignore[override]
+                                     ) -> tuple[Tensor, Tensor]:
         result = self._attribute_paths(inputs, target, scores=True)
         errors = torch.stack([path.completeness_error for path in result.paths.values()])
         return result.attribution, errors.mean(dim=0)
@@ -329,7 +334,7 @@ class _PathState:
     (s, the direction, the tie policy), converted once for the op."""
 
     def __init__(self, start: Tensor, end: Tensor, n_frag: Optional[int], k: int, insertion: bool,
-                 exact_ties: bool, tie_tolerance: float = 0.0):
+                 exact_ties: bool, tie_tolerance: float = 0.0) -> None:
         batch, _, height, width = start.shape
         self.point = start.clone().contiguous()
         self.end = end.contiguous()
@@ -354,7 +359,7 @@ class _PathState:
         )
 
 
-def _check_pixels_per_step(value):
+def _check_pixels_per_step(value: Any) -> Union[int, float, None]:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -364,7 +369,7 @@ def _check_pixels_per_step(value):
     return value
 
 
-def resolve_pixels_per_step(value, height: int, width: int) -> int:
+def resolve_pixels_per_step(value: Union[int, float, None], height: int, width: int) -> int:
     """s: 10 for images up to 64×64, 16·W for larger ones (3584 at 224×224); a float is a fraction of H·W."""
     if value is None:
         return 10 if max(height, width) <= SMALL_IMAGE_SIDE else 16 * width

@@ -20,7 +20,8 @@ from __future__ import annotations
 import copy
 
 from concurrent.futures import ThreadPoolExecutor
-from typing import Optional
+from types import ModuleType
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -38,7 +39,7 @@ DILATION_RADIUS = 5
 MIN_PIXEL_DIFF = 50
 
 
-def _skimage():
+def _skimage() -> Tuple[ModuleType, ModuleType, ModuleType]:
     try:
         from skimage import morphology, segmentation, transform
     except ImportError as error:  # an optional dependency: say how to get it
@@ -56,7 +57,7 @@ def felzenszwalb_masks(image: np.ndarray) -> np.ndarray:
     scaled = (image - low) / span * 2.0 - 1.0  # PAIR's _normalize_image to [-1, 1]
     resized = transform.resize(scaled, SEGMENTATION_SIZE, order=3, mode="constant", preserve_range=True,
                                anti_aliasing=True)
-    masks = []
+    masks: List[np.ndarray] = []
     for scale in FELZENSZWALB_SCALES:
         labels = segmentation.felzenszwalb(resized, scale=scale, sigma=FELZENSZWALB_SIGMA,
                                            min_size=FELZENSZWALB_MIN_SIZE)
@@ -110,7 +111,7 @@ def xrai_regions(attr: Tensor, masks: Tensor, valid: Tensor, min_pixel_diff: int
 class _PairIntegratedGradients(IntegratedGradients):
     """PAIR's IG path: α_k = linspace(0, 1, steps), every point weighted 1/steps."""
 
-    def __init__(self, model, n_steps: int):
+    def __init__(self, model: nn.Module, n_steps: int) -> None:
         super().__init__(model, n_steps=max(n_steps, 2), method="riemann_left")
         self.n_steps = n_steps
         self.alphas = np.linspace(0.0, 1.0, n_steps)
@@ -136,7 +137,7 @@ class XRAI(AttributionMethod):
     call_options = ("internal_batch_size",)
 
     def __init__(self, model: nn.Module, steps: int = 100, internal_batch_size: Optional[int] = None,
-                 min_pixel_diff: int = MIN_PIXEL_DIFF):
+                 min_pixel_diff: int = MIN_PIXEL_DIFF) -> None:
         super().__init__(model)
         self.steps = check_positive_int(steps, "steps")
         self.internal_batch_size = internal_batch_size
