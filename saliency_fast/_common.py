@@ -72,8 +72,13 @@ def check_batch(inputs: Tensor, name: str = "inputs") -> Tensor:
 
 
 def check_finite(tensor: Tensor, name: str) -> None:
-    """Raise if ``tensor`` holds NaN or Inf (one reduction; called once per call, not per step)."""
-    if not bool(torch.isfinite(tensor).all()):
+    """Raise if ``tensor`` holds NaN or Inf (called once per call, not per step). One fused min/max
+    reduction without a (B, ...) bool temporary: NaN propagates into both, ±Inf shows in one."""
+    if tensor.numel() == 0 or not (tensor.is_floating_point() or tensor.is_complex()):
+        return  # integers are finite
+    if tensor.is_complex():
+        tensor = torch.view_as_real(tensor)
+    if not bool(torch.isfinite(torch.stack(torch.aminmax(tensor))).all()):
         raise ValueError(f"{name} contains NaN or Inf values; clean the input before attributing")
 
 

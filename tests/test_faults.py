@@ -594,3 +594,19 @@ def test_an_intact_copy_loads_identically(finished, tmp_path):
     result = load_attributions(copy_of(finished, tmp_path), details=True)
     torch.testing.assert_close(result.maps, finished[1].maps)
     torch.testing.assert_close(result.deletion_auc, finished[1].deletion_auc)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.complex64])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_check_finite_finds_one_bad_value_anywhere(dtype, bad):
+    """The fused min/max check sees a single NaN/±Inf in any dtype, and passes clean, empty and int tensors."""
+    from saliency_fast._common import check_finite
+    clean = torch.rand(3, 2, 17, 19, generator=torch.Generator().manual_seed(0)).to(dtype)
+    check_finite(clean, "inputs")
+    for flat_index in (0, 777, clean.numel() - 1):
+        dirty = clean.clone()
+        dirty.view(-1)[flat_index] = bad
+        with pytest.raises(ValueError, match="inputs contains NaN or Inf"):
+            check_finite(dirty, "inputs")
+    check_finite(torch.empty(0, 3, dtype=dtype), "inputs")
+    check_finite(torch.arange(5), "inputs")
