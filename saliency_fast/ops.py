@@ -19,6 +19,7 @@ let the ops trace under torch.compile are registered once, in ``_fakes``.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -59,6 +60,16 @@ def _refuse_grad(op: str, names: tuple[str, ...], args: tuple) -> None:
         if tensor.requires_grad:
             raise RuntimeError(f"saliency_fast::{op} is not differentiable, but its argument {name} requires grad: "
                                f"call it under torch.no_grad() or pass {name}.detach()")
+
+
+def _dispatch(op: str, names: tuple[str, ...], args: tuple) -> Any:
+    """Run op ``op`` on ``args``: the compiled op for the first argument's device, else its
+    pure-PyTorch twin, which first refuses (as the compiled Autograd kernel does) a tensor
+    argument that requires grad (``names``: those of the first ``args``)."""
+    if use_native(args[0]):
+        return getattr(torch.ops.saliency_fast, op)(*args)
+    _refuse_grad(op, names, args)
+    return getattr(_reference, op)(*args)
 
 
 # --- SAMP (samp.md) ----------------------------------------------------------------------------
@@ -130,10 +141,7 @@ def perturbation_curve(start: Tensor, finish: Tensor, ranks: Tensor, counts: Ten
     Deletion is ``(x, reference)``, insertion ``(reference, x)``. Not differentiable (the
     metrics run it under torch.no_grad()).
     """
-    if use_native(start):
-        return torch.ops.saliency_fast.perturbation_curve(start, finish, ranks, counts)
-    _refuse_grad("perturbation_curve", ("start", "finish", "ranks", "counts"), (start, finish, ranks, counts))
-    return _reference.perturbation_curve(start, finish, ranks, counts)
+    return _dispatch("perturbation_curve", ("start", "finish", "ranks", "counts"), (start, finish, ranks, counts))
 
 
 # --- SCAAT / Saliency Guided Training ops (scaat.md) -------------------------------------------
@@ -174,12 +182,7 @@ def saliency_budget(saliency: Tensor, mode: str = "mass", epsilon: float = 8 / 2
     check_budget_shape(rho, k, gamma)
     maps = _pixel_map(saliency, "saliency")
     args = (maps, mode, float(epsilon), float(rho), float(k), float(gamma))
-    if use_native(maps):
-        budget = torch.ops.saliency_fast.saliency_budget(*args)
-    else:
-        _refuse_grad("saliency_budget", ("saliency",), args)
-        budget = _reference.saliency_budget(*args)
-    return budget.view(saliency.shape)
+    return _dispatch("saliency_budget", ("saliency",), args).view(saliency.shape)
 
 
 def masked_perturb(x: Tensor, delta: Tensor, grad: Tensor, budget: Tensor, step_size: float, epsilon: float,
@@ -200,11 +203,7 @@ def masked_perturb(x: Tensor, delta: Tensor, grad: Tensor, budget: Tensor, step_
         raise ValueError(f"low must be <= high, got low={low}, high={high}")
     args = (x.contiguous(), delta, grad.contiguous(), _pixel_map(budget, "budget"), float(step_size),
             float(epsilon), float(low), float(high))
-    if use_native(x):
-        torch.ops.saliency_fast.masked_perturb(*args)
-    else:
-        _refuse_grad("masked_perturb", ("x", "delta", "grad", "budget"), args)
-        _reference.masked_perturb(*args)
+    _dispatch("masked_perturb", ("x", "delta", "grad", "budget"), args)
     return delta
 
 
@@ -213,7 +212,4 @@ def masked_random_fill(x: Tensor, mask: Tensor, noise: Tensor) -> Tensor:
     pixel becomes min + noise·(max − min) of its image (noise: uniform [0, 1), x's shape).
     Not differentiable (SGT masks its data, not parameters)."""
     args = (x.contiguous(), _pixel_map(mask, "mask"), noise.contiguous())
-    if use_native(x):
-        return torch.ops.saliency_fast.masked_random_fill(*args)
-    _refuse_grad("masked_random_fill", ("x", "mask", "noise"), args)
-    return _reference.masked_random_fill(*args)
+    return _dispatch("masked_random_fill", ("x", "mask", "noise"), args)
