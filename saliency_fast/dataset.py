@@ -142,10 +142,10 @@ class _RunModel(nn.Module):
 # ==============================================================================================
 # the run
 # ==============================================================================================
-def _pass_sizes(method: AttributionMethod) -> List[Optional[int]]:
-    """The method's images per internal model call (None: every image of a call in one pass), if
-    it streams its work in passes; shrunk together with the batch on OOM."""
-    return [method.internal_batch_size] if method.streams_passes else []
+def _passes_at_minimum(method: AttributionMethod) -> bool:
+    """Whether the method's internal passes (its images per model call, shrunk together with the
+    batch on OOM) are already one image, or it has none (it does not stream its work in passes)."""
+    return not method.streams_passes or method.internal_batch_size == 1
 
 
 def _set_pass_size(method: AttributionMethod, size: int) -> None:
@@ -241,9 +241,8 @@ class _Runner:
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-        pass_sizes = _pass_sizes(self.method)
         eval_at_minimum = not self.evaluate or self.eval_max_batch == 1
-        if attempted == 1 and all(size == 1 for size in pass_sizes) and eval_at_minimum:
+        if attempted == 1 and _passes_at_minimum(self.method) and eval_at_minimum:
             raise OutOfMemoryError(
                 f"out of memory with a single image per model call ({error}); use a device with more memory, "
                 "smaller images, or a smaller model")
