@@ -27,6 +27,7 @@ SAMP_STEPS = 2
 SAMP_FRAGMENTS = 5  # SAMP++ makes one model call per fragment: 50 would be 50 calls a step
 PIXELS_PER_STEP = SIDE * SIDE // 4  # 5 curve points a path: 80 images a path for the batch of 8
 ROUNDS = 3
+CAM_ROUNDS = 15  # a pair is one or two forward passes: cheap, and a ratio near 1 needs many pairs to settle
 
 
 class BasicBlock(nn.Module):
@@ -144,7 +145,7 @@ def test_gradcam_vs_captum(benchmark, model, work):
         return captum.LayerAttribution.interpolate(maps, (SIDE, SIDE), interpolate_mode="bilinear")[:, 0]
 
     torch.testing.assert_close(ours.attribute(images, target), peer(), rtol=1e-4, atol=1e-6)
-    ratios = interleaved_ratios(benchmark, lambda: ours.attribute(images, target), peer, ROUNDS)
+    ratios = interleaved_ratios(benchmark, lambda: ours.attribute(images, target), peer, CAM_ROUNDS)
     record_ratios(benchmark, "ours / Captum", ratios)
     _peak_memory(benchmark)
 
@@ -163,7 +164,7 @@ def test_cam_vs_torchcam(benchmark, model, work):
 
     try:
         torch.testing.assert_close(ours.attribute(images, target), peer(), rtol=1e-4, atol=1e-6)
-        ratios = interleaved_ratios(benchmark, lambda: ours.attribute(images, target), peer, ROUNDS)
+        ratios = interleaved_ratios(benchmark, lambda: ours.attribute(images, target), peer, CAM_ROUNDS)
     finally:
         extractor.remove_hooks()
     record_ratios(benchmark, "ours / TorchCAM", ratios)

@@ -7,6 +7,7 @@ Python exception that names the argument, instead of failing deep inside a kerne
 from __future__ import annotations
 
 import contextlib
+import itertools
 import warnings
 from collections.abc import Mapping
 from typing import Any, Callable, Iterator, Optional, Sequence, Union
@@ -54,6 +55,8 @@ def warn_if_not_finite(result: Tensor, what: str, stacklevel: int = 3) -> Tensor
         warnings.warn(f"{what} of image(s) {listed} contain NaN or Inf although the inputs are finite: the model's "
                       "output (or its gradient) is not finite there", RuntimeWarning, stacklevel=stacklevel)
     return result
+
+
 def check_batch(inputs: Tensor, name: str = "inputs") -> Tensor:
     """Validate a (B, ...) floating batch of finite values of any rank >= 2 (the gradient family)."""
     if not isinstance(inputs, Tensor):
@@ -72,12 +75,16 @@ def check_batch(inputs: Tensor, name: str = "inputs") -> Tensor:
 
 
 def check_finite(tensor: Tensor, name: str) -> None:
-    """Raise if ``tensor`` holds NaN or Inf (called once per call, not per step). One fused min/max
-    reduction without a (B, ...) bool temporary: NaN propagates into both, ±Inf shows in one."""
+    """Raise if ``tensor`` holds NaN or Inf (called once per call, not per step), without a (B, ...)
+    bool temporary. NaN and ±Inf propagate into a sum in any order, so a finite sum proves every
+    value finite (the cheapest pass); a non-finite sum may also be finite values overflowing, which
+    one fused min/max reduction then tells apart (NaN propagates into both, ±Inf shows in one)."""
     if tensor.numel() == 0 or not (tensor.is_floating_point() or tensor.is_complex()):
         return  # integers are finite
     if tensor.is_complex():
         tensor = torch.view_as_real(tensor)
+    if bool(torch.isfinite(tensor.sum())):
+        return
     if not bool(torch.isfinite(torch.stack(torch.aminmax(tensor))).all()):
         raise ValueError(f"{name} contains NaN or Inf values; clean the input before attributing")
 
@@ -97,9 +104,9 @@ def check_score(score: str) -> str:
 
 
 def model_device(model: nn.Module) -> Optional[torch.device]:
-    for tensor in list(model.parameters()) + list(model.buffers()):
-        return tensor.device
-    return None
+    """The device of the model's first parameter (else buffer); None for a model with neither."""
+    first = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return None if first is None else first.device
 
 
 def check_model_device(model: nn.Module, inputs: Tensor) -> None:
@@ -388,18 +395,21 @@ def attribution_mode(model: nn.Module) -> Iterator[nn.Module]:
     Only the input gradient is needed, so parameters are frozen: the backward pass then
     skips the weight gradients (about a third of its cost for conv nets).
     """
-    was_training = {module: module.training for module in model.modules()}
-    requires_grad = {param: param.requires_grad for param in model.parameters()}
-    model.eval()
-    for param in requires_grad:
+    # only what changes is recorded and restored: a model already in eval mode with frozen
+    # parameters (the common case in a loop over batches) costs two walks and no writes
+    training = [module for module in model.modules() if module.training]
+    trainable = [param for param in model.parameters() if param.requires_grad]
+    if training:
+        model.eval()  # through eval(), so that modules overriding train() see it
+    for param in trainable:
         param.requires_grad_(False)
     try:
         yield model
     finally:
-        for module, mode in was_training.items():
-            module.training = mode
-        for param, flag in requires_grad.items():
-            param.requires_grad_(flag)
+        for module in training:
+            module.training = True
+        for param in trainable:
+            param.requires_grad_(True)
 
 
 def reduce_channels(attribution: Tensor, reduce: bool = True) -> Tensor:

@@ -124,6 +124,19 @@ def test_methods_run_a_train_mode_model_in_eval_mode_and_restore_it(name):
     assert all(torch.equal(v, buffers[k]) for k, v in model.state_dict().items())
 
 
+def test_a_mixed_mode_model_gets_each_module_and_parameter_back_as_it_was():
+    """Only what attributing changes is restored: eval submodules of a training model stay in eval,
+    frozen parameters stay frozen, the rest train and require grad again."""
+    model = tiny_model(norm=True).train()
+    model[1].eval()  # a frozen BatchNorm inside a training model (fine-tuning)
+    model[0].weight.requires_grad_(False)
+    modes = [m.training for m in model.modules()]
+    flags = [p.requires_grad for p in model.parameters()]
+    method("GradCAM", model).attribute(clean_images())
+    assert [m.training for m in model.modules()] == modes
+    assert [p.requires_grad for p in model.parameters()] == flags
+
+
 @pytest.mark.parametrize("name", METHOD_NAMES)
 def test_methods_inside_inference_mode_say_so_or_need_no_gradients(name):
     explainer = method(name, tiny_model())
@@ -610,3 +623,17 @@ def test_check_finite_finds_one_bad_value_anywhere(dtype, bad):
             check_finite(dirty, "inputs")
     check_finite(torch.empty(0, 3, dtype=dtype), "inputs")
     check_finite(torch.arange(5), "inputs")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_check_finite_passes_finite_values_whose_sum_overflows(dtype):
+    """A sum that overflows to Inf is not a bad value: the min/max pass decides."""
+    from saliency_fast._common import check_finite
+    largest = torch.finfo(dtype).max
+    huge = torch.full((2, 3, 4, 4), largest, dtype=dtype)
+    assert not torch.isfinite(huge.sum())
+    check_finite(huge, "inputs")
+    check_finite(torch.stack([huge, -huge]), "inputs")  # both signs overflow: +Inf and -Inf partial sums
+    huge.view(-1)[5] = float("nan")
+    with pytest.raises(ValueError, match="inputs contains NaN or Inf"):
+        check_finite(huge, "inputs")

@@ -309,6 +309,8 @@ class AttributionMethod:
         overrides = {name: options.pop(name) for name in list(options) if name in self.call_options}
         if overrides:
             self._set_call_options(**overrides)
+        if not options:
+            return options  # nothing to check (most calls): no signature inspection on the hot path
         parameters = inspect.signature(self._attribute).parameters
         takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
         unknown = sorted(name for name in options if name not in parameters and not takes_any)

@@ -515,6 +515,8 @@ class CAM(_LayerCAM):
         if pooled.dim() != 2:
             raise UnsupportedArchitecture(f"CAM: fc's input has shape {tuple(pooled.shape)}, not (B, K): the model does not "
                              "globally pool before it; use GradCAM for this architecture")
+        if output is logits:  # the model returns fc's output itself: nothing to compare
+            return
         if output.shape != logits.shape or not torch.allclose(output.detach(), logits.detach(), equal_nan=True):
             raise UnsupportedArchitecture("CAM: the output of fc is not the model's logits (the model transforms them after fc); "
                              "pass fc= the layer that produces the logits, or use GradCAM")
