@@ -159,8 +159,9 @@ def test_methods_accept_an_inference_tensor_outside_inference_mode(name):
 
 @pytest.mark.parametrize("name", [n for n in METHOD_NAMES if n != "gradcam"])
 def test_methods_warn_when_the_model_produces_nan(name):
-    with pytest.warns(RuntimeWarning, match=r"image\(s\) 0, 1, 2 contain NaN or Inf although the inputs are finite"):
+    with pytest.warns(RuntimeWarning, match=r"image\(s\) 0, 1, 2 contain NaN or Inf although the inputs are finite") as caught:
         method(name, NaNModel()).attribute(clean_images(), target=0)
+    assert any(warning.filename == __file__ for warning in caught)  # it points at the user's call
 
 
 def test_samp_pixels_per_step_past_the_image_moves_every_pixel_at_once():

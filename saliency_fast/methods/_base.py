@@ -177,7 +177,7 @@ class AttributionMethod:
             call, inputs, target, keywords
         ):
             attributions = call._attribute(inputs, target, **keywords)
-            maps = warn_if_not_finite(call._reduced(attributions, reduce_channels), f"{type(self).__name__} maps")
+            maps = call._maps(attributions, reduce_channels)
             if not return_convergence_delta:
                 return maps
             return maps, call._convergence_delta(inputs, target, attributions)
@@ -201,7 +201,7 @@ class AttributionMethod:
             call, inputs, target, keywords
         ):
             attributions, error = call._attribute_with_completeness(inputs, target, **keywords)
-            return warn_if_not_finite(call._reduced(attributions, reduce_channels), f"{type(self).__name__} maps"), error
+            return call._maps(attributions, reduce_channels), error
 
     def completeness_reference(self, inputs: Tensor) -> Optional[Tensor]:
         """The reference x' whose score gap f_c(x) − f_c(x') the attributions of ``inputs`` sum to
@@ -242,9 +242,13 @@ class AttributionMethod:
                             "apply; it is for the methods with per-channel attributions (the gradient family, "
                             "IntegratedGradients, GuidedIG, BlurIG, LRP, DeepLift)")
 
-    def _reduced(self, attributions: Tensor, reduce_channels: bool) -> Tensor:
+    def _maps(self, attributions: Tensor, reduce_channels: bool) -> Tensor:
+        """What a call returns from ``_attribute``'s result: detached, channels summed (where the
+        method has per-channel attributions and the caller asks for it), with a warning naming the
+        images whose maps are not finite (stacklevel 4: the warning points at the user's call)."""
         attributions = attributions.detach()
-        return sum_channels(attributions, reduce_channels) if self.channel_attributions else attributions
+        maps = sum_channels(attributions, reduce_channels) if self.channel_attributions else attributions
+        return warn_if_not_finite(maps, f"{type(self).__name__} maps", stacklevel=4)
 
     @contextlib.contextmanager
     def _calling(
