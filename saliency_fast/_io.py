@@ -68,10 +68,7 @@ def atomic_write_bytes(path: Path, write: Callable[[BinaryIO], object]) -> None:
             raise
         raise _cannot_write(path, (cause.errno if cause is not None else None) or errno.ENOSPC) from error
     finally:
-        try:
-            temporary.unlink()
-        except FileNotFoundError:
-            pass
+        temporary.unlink(missing_ok=True)  # gone already after the rename
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -135,7 +135,4 @@ class FolderLock:
         return owner if isinstance(owner, dict) else {"pid": "?", "host": "?"}
 
     def _remove(self) -> None:
-        try:
-            self.path.unlink()
-        except FileNotFoundError:
-            pass
+        self.path.unlink(missing_ok=True)
