@@ -136,6 +136,11 @@ def start_run(out_dir: Path, manifest: dict, ranges: List[Tuple[int, int]], stra
     _write_manifest(out_dir, manifest)
 
 
+def _skipped_record(entry: list) -> dict:
+    """A shard's skipped entry [index, reason] or [index, reason, name] as the manifest lists it."""
+    return {"index": entry[0], "reason": str(entry[1]), **({"name": str(entry[2])} if len(entry) > 2 else {})}
+
+
 def missing_shards(out_dir: Path, ranges: List[Tuple[int, int]]) -> List[int]:
     """The indices of the shards whose files are not in ``out_dir``."""
     return [i for i in range(len(ranges)) if not (out_dir / SHARD_PATTERN.format(i)).is_file()]
@@ -155,8 +160,7 @@ def finish_run(out_dir: Path, manifest: dict, ranges: List[Tuple[int, int]], set
         shards.append({"index": index, "file": SHARD_PATTERN.format(index), "start": start, "stop": stop,
                        "images": int(record["indices"].numel()), "skipped": len(record["skipped"]),
                        "checksum": record[CHECKSUM_KEY]})
-        skipped.extend({"index": entry[0], "reason": entry[1], **({"name": entry[2]} if len(entry) > 2 else {})}
-                       for entry in record["skipped"])
+        skipped.extend(_skipped_record(entry) for entry in record["skipped"])
     manifest = {**manifest, "complete": True, "shards": shards, "skipped": skipped, "settings": settings}
     _write_manifest(out_dir, manifest)
     return manifest
@@ -271,8 +275,7 @@ def _checked_manifest(out_dir: Path, manifest: dict
     if not isinstance(entries, list) or len(entries) != expected_shards:
         raise bad("shards", f"{len(entries) if isinstance(entries, list) else type(entries).__name__} entries",
                   f"{expected_shards} entries (count {count} / shard_size {shard_size})")
-    for index, entry in enumerate(entries):
-        start, stop = index * shard_size, min((index + 1) * shard_size, count)
+    for index, (entry, (start, stop)) in enumerate(zip(entries, shard_ranges(count, shard_size))):
         if not (isinstance(entry, dict) and entry.get("index") == index and entry.get("start") == start
                 and entry.get("stop") == stop and entry.get("file") == SHARD_PATTERN.format(index)
                 and isinstance(entry.get("checksum"), str)):
@@ -314,6 +317,5 @@ def _checked_shard(path: Path, record: dict, run_id: str, start: int, stop: int,
         raise bad("its 'skipped' list is malformed")
     if n + len(entries) != stop - start or set(indices.tolist()) & {e[0] for e in entries}:
         raise bad(f"its {n} maps and {len(entries)} skipped images do not cover [{start}, {stop}) once each")
-    skipped = [{"index": e[0], "reason": str(e[1]), **({"name": str(e[2])} if len(e) > 2 else {})} for e in entries]
-    return indices, skipped
+    return indices, [_skipped_record(entry) for entry in entries]
 
