@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ._validation import check_choice
+
 # A class index for every image: one int (or numpy integer) for all, a list/tuple/array/tensor of one per image.
 Target = Union[None, int, np.integer, Sequence[int], np.ndarray, Tensor]
 # How to read the logits from a model's output: an index (tuples), a key or attribute name
@@ -98,14 +100,17 @@ def check_same_device(reference: Tensor, **tensors: Optional[Tensor]) -> None:
 
 
 def check_score(score: str) -> str:
-    if score not in SCORES:
-        raise ValueError(f"score must be one of {SCORES}, got {score!r}")
-    return score
+    return check_choice(score, "score", SCORES)
+
+
+def first_state_tensor(model: nn.Module) -> Optional[Tensor]:
+    """The model's first parameter, else its first buffer; None for a model with neither."""
+    return next(itertools.chain(model.parameters(), model.buffers()), None)
 
 
 def model_device(model: nn.Module) -> Optional[torch.device]:
-    """The device of the model's first parameter (else buffer); None for a model with neither."""
-    first = next(itertools.chain(model.parameters(), model.buffers()), None)
+    """The device of :func:`first_state_tensor`; None for a model without parameters or buffers."""
+    first = first_state_tensor(model)
     return None if first is None else first.device
 
 

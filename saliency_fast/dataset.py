@@ -52,9 +52,9 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from ._validation import check_positive_int
+from ._validation import check_choice, check_positive_int
 from . import attribution_store as store
-from ._common import BoundModel, Selector, attribution_mode
+from ._common import BoundModel, Selector, attribution_mode, first_state_tensor
 from ._distributed import ProcessGroup
 from ._io import CorruptFileError, json_record, tensor_bytes
 from ._lock import FolderInUseError, FolderLock
@@ -81,7 +81,7 @@ def check_model_accepts(model: nn.Module, shape: Tuple[int, ...], where: str,
                         device: Union[str, torch.device, None] = None) -> None:
     """One forward of a zero image of ``shape`` (C, H, W): refuse images the model cannot take,
     or a model that does not return (B, classes) logits, naming ``where`` the images come from."""
-    parameter = next((t for t in [*model.parameters(), *model.buffers()]), None)
+    parameter = first_state_tensor(model)
     device = device if device is not None else (parameter.device if parameter is not None else "cpu")
     dtype = parameter.dtype if parameter is not None and parameter.is_floating_point() else torch.float32
     try:
@@ -311,8 +311,7 @@ def attribute_dataset(
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     batch_size = check_positive_int(batch_size, "batch_size")
     shard_size = check_positive_int(shard_size, "shard_size")
-    if dtype not in STORAGE_DTYPES:
-        raise ValueError(f"dtype must be one of {tuple(STORAGE_DTYPES)}, got {dtype!r}")
+    check_choice(dtype, "dtype", tuple(STORAGE_DTYPES))
     options = dict(method_options or {})
     if isinstance(method, str) or not hasattr(method, "attribute"):
         # Any: not a str nor a method object, it reaches method_parameters, which refuses it naming the choices

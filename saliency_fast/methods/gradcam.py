@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from .._common import Target, target_from_logits
+from .._common import Target, model_device, target_from_logits
 from ._base import AttributionMethod, UnsupportedArchitecture
 
 Layer = Union[str, nn.Module]
@@ -377,7 +377,7 @@ class _LayerCAM(AttributionMethod):
         if example is None:
             return resolved
         probe = cls(model, **{**resolved, "upsample": False})
-        device = next((t.device for t in list(model.parameters()) + list(model.buffers())), example.device)
+        device = model_device(model) or example.device
         probe.attribute(example[None].to(device))  # finds (and logs) the layer as the method itself would
         assert probe.layer is not None  # the call found it (or raised)
         resolved["layer"] = layer_name(model, probe.layer)

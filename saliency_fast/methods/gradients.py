@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._validation import check_positive_int
+from .._validation import check_choice, check_positive_int
 from .._common import Selector, input_gradient
 from ..references import Reference
 from ._base import AttributionMethod, DeprecatedBatchSize, PathAttributionMethod, pass_size
@@ -61,8 +61,7 @@ def quadrature(method: str, n_steps: int) -> tuple[np.ndarray, np.ndarray]:
     The same nodes and weights as captum.attr._utils.approximation_methods, computed in
     float64 throughout (Captum rounds the Riemann nodes and all weights to float32).
     """
-    if method not in IG_METHODS:
-        raise ValueError(f"method must be one of {IG_METHODS}, got {method!r}")
+    check_choice(method, "method", IG_METHODS)
     if method == "gausslegendre":
         nodes, weights = np.polynomial.legendre.leggauss(n_steps)
         return 0.5 * (1.0 + nodes), 0.5 * weights
@@ -245,9 +244,7 @@ class SmoothGrad(AttributionMethod):
             raise TypeError(f"seed must be an int, got {type(seed).__name__}")
         self.seed = int(seed)
         self.internal_batch_size = pass_size(internal_batch_size, batch_size, "SmoothGrad")
-        if base not in SMOOTHGRAD_BASES:
-            raise ValueError(f"base must be one of {SMOOTHGRAD_BASES}, got {base!r}")
-        self.base = base
+        self.base = check_choice(base, "base", SMOOTHGRAD_BASES)
         self.abs = bool(abs)
 
     def noise_scale(self, inputs: Tensor) -> Tensor:

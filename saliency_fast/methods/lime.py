@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._validation import check_positive_int
+from .._validation import check_choice, check_positive_int
 from .._common import Target, check_score, score_outputs
 from ._base import AttributionMethod, DeprecatedBatchSize, pass_size
 from .gradients import repeats_per_pass
@@ -102,9 +102,7 @@ class LIME(AttributionMethod):
     ) -> None:
         super().__init__(model)
         self.n_samples = check_positive_int(n_samples, "n_samples")
-        if segmentation not in SEGMENTATIONS:
-            raise ValueError(f"segmentation must be one of {SEGMENTATIONS}, got {segmentation!r}")
-        self.segmentation = segmentation
+        self.segmentation = check_choice(segmentation, "segmentation", SEGMENTATIONS)
         for name, value in (("kernel_width", kernel_width), ("alpha", alpha)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value <= 0:
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}")

@@ -33,6 +33,7 @@ from .._common import (
     warn_if_not_finite,
 )
 from ..ops import ATOL, RTOL, pixels_active
+from .._validation import check_choice
 from ..references import SMALL_IMAGE_SIDE, Reference, make_reference
 from ._base import AttributionMethod
 
@@ -188,15 +189,13 @@ class SAMP(AttributionMethod):
         paths = (paths,) if isinstance(paths, str) else tuple(paths)
         if not paths or any(path not in PATHS for path in paths) or len(set(paths)) != len(paths):
             raise ValueError(f"paths must be a non-empty subset of {PATHS}, got {paths!r}")
-        if ties not in TIES:
-            raise ValueError(f"ties must be one of {TIES}, got {ties!r}")
+        check_choice(ties, "ties", TIES)
         if isinstance(tie_tolerance, bool) or not isinstance(tie_tolerance, (int, float)) \
                 or not 0.0 <= tie_tolerance < math.inf:
             raise ValueError(f"tie_tolerance must be a finite number >= 0, got {tie_tolerance!r}")
         if tie_tolerance > 0 and ties == "exact":
             raise ValueError("tie_tolerance > 0 moves extra pixels; it cannot be combined with ties='exact'")
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        check_choice(reduction, "reduction", REDUCTIONS)
         if max_steps is not None and (not isinstance(max_steps, int) or max_steps < 1):
             raise ValueError(f"max_steps must be a positive int or None, got {max_steps!r}")
         self.n_frag = n_frag
